@@ -63,3 +63,51 @@ def prostate_raw(shared_data, samunet_roots) -> Path:
     images = sorted((src / "images").glob("*.nii.gz"))
     masks = [src / "masks" / p.name.replace(".nii.gz", "_Segmentation.nii.gz") for p in images]
     return build_raw_from_pairs(samunet_roots["raw"], "Dataset501_Prostate", images, masks)
+
+
+def make_synthetic_raw(raw_root: Path, dataset_id: int = 650, n_cases: int = 6, shape=(6, 64, 64), domains=True,
+                       num_labels: int = 1) -> Path:
+    """Small 3D MR-like volumes with a bright ellipsoid (label 1) and optionally a second
+    object (label 2); cases alternate between domains "A" and "B"."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder = raw_root / f"Dataset{dataset_id:03d}_Synthetic"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    rng = np.random.default_rng(dataset_id)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    doms = {}
+    for i in range(n_cases):
+        cy, cx = rng.integers(20, shape[1] - 20), rng.integers(20, shape[2] - 20)
+        lab = (((yy - cy) / 10.0) ** 2 + ((xx - cx) / 8.0) ** 2 + ((zz - shape[0] / 2) / 3.0) ** 2 <= 1).astype(np.uint8)
+        if num_labels > 1:
+            lab[(np.abs(yy - 10) < 4) & (np.abs(xx - 10) < 4) & (zz > 0)] = 2
+        img = rng.normal(100, 10, shape) + 80 * (lab == 1) + 40 * (lab == 2)
+        for arr, f in ((img.astype(np.float32), folder / "imagesTr" / f"s{i:02d}_0000.nii.gz"),
+                       (lab, folder / "labelsTr" / f"s{i:02d}.nii.gz")):
+            im = sitk.GetImageFromArray(arr)
+            im.SetSpacing((1.0, 1.0, 3.0))
+            im.SetOrigin((5.0, -3.0, 1.5))
+            sitk.WriteImage(im, str(f))
+        doms[f"s{i:02d}"] = "A" if i % 2 == 0 else "B"
+    labels = {"background": 0, "blob": 1}
+    if num_labels > 1:
+        labels["square"] = 2
+    dj = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": n_cases, "file_ending": ".nii.gz"}
+    if domains:
+        dj["domains"] = doms
+    (folder / "dataset.json").write_text(json.dumps(dj))
+    return folder
+
+
+@pytest.fixture
+def synthetic_planned(samunet_roots):
+    """A planned and preprocessed synthetic dataset (ID 650) with domains A and B."""
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+
+    raw = make_synthetic_raw(samunet_roots["raw"])
+    summary = plan_and_preprocess(650, num_processes=1)
+    return raw, summary

@@ -1,0 +1,150 @@
+"""``samunet_predict``: raw images in, label maps in the input's exact geometry out.
+
+Reads ``CASE_XXXX<file_ending>`` files from the input folder, preprocesses each case
+with the dataset's plans, runs the trained model of every requested fold, averages the
+probabilities, undoes cropping/resampling/transposition and writes ``CASE<file_ending>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from samunet.dataset_conversion.dataset_json import channel_files, list_cases
+from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
+from samunet.imageio import ImageReadError, reader_writer_for
+from samunet.inference.export import export_prediction
+from samunet.preprocessing.preprocessor import preprocess_arrays
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionError(ValueError):
+    pass
+
+
+def model_folder(dataset: str | int, trainer_name: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
+    from samunet.paths import results_root
+    from samunet.utilities.dataset_name import resolve_dataset
+
+    try:
+        name = resolve_dataset(dataset)
+    except FileNotFoundError:
+        # installed models live only in SAMUNET_results
+        text = str(dataset)
+        hits = sorted(results_root().glob(f"Dataset{int(text):03d}_*")) if text.isdigit() else []
+        if len(hits) != 1:
+            raise
+        name = hits[0].name
+    return results_root() / name / f"{trainer_name}__{plans_name}"
+
+
+def load_fold_models(folder: Path, trainer_name: str, folds, checkpoint_name: str, device):
+    from samunet.training.registry import find_trainer
+
+    cls = find_trainer(trainer_name)
+    models = []
+    for f in folds:
+        ckpt = folder / f"fold_{f}" / checkpoint_name
+        if not ckpt.is_file():
+            trained = sorted(p.parent.name for p in folder.glob(f"fold_*/{checkpoint_name}"))
+            raise PredictionError(
+                f"{ckpt} not found. Folds with {checkpoint_name}: {trained or 'none'}; "
+                f"train with samunet_train {folder.parent.name} {f} -tr {trainer_name}."
+            )
+        models.append(cls.from_checkpoint(ckpt, device))
+    return models
+
+
+def find_input_cases(input_folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
+    if not input_folder.is_dir():
+        raise PredictionError(f"input folder {input_folder} does not exist")
+    cases = {c: channel_files(ch) for c, ch in list_cases(input_folder, file_ending).items()}
+    if not cases:
+        raise PredictionError(
+            f"no input images in {input_folder}: expected files named CASE_0000{file_ending} "
+            f"(one per channel, as in imagesTr)."
+        )
+    return cases
+
+
+def _preprocess_for_prediction(args):
+    case, files, plans, dataset_json = args
+    rw = reader_writer_for(dataset_json["file_ending"], dataset_json.get("overwrite_image_reader_writer"))
+    data, props = rw.read_images(files)
+    if data.shape[0] != plans["num_channels"]:
+        raise PredictionError(
+            f"case {case}: {data.shape[0]} channels read from {[str(f) for f in files]} but the model expects "
+            f"{plans['num_channels']} ({dataset_json['channel_names']})."
+        )
+    data, _, props = preprocess_arrays(data, None, props, plans)
+    return case, data, props
+
+
+def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=(0,), plans_name=DEFAULT_PLANS_NAME,
+                   checkpoint_name: str = "checkpoint_final.pth", save_probabilities: bool = False,
+                   num_processes: int = 1, device=None, continue_prediction: bool = False) -> list[Path]:
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    folder = model_folder(dataset, trainer_name, plans_name)
+    models = load_fold_models(folder, trainer_name, [str(f) for f in folds], checkpoint_name, device)
+    plans, dataset_json = models[0].plans, models[0].dataset_json
+    fe = dataset_json["file_ending"]
+    cases = find_input_cases(input_folder, fe, plans["num_channels"])
+    if input_folder.resolve() == output_folder.resolve():
+        raise PredictionError("the output folder must differ from the input folder")
+    output_folder.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in sorted(cases) if not (continue_prediction and (output_folder / f"{c}{fe}").is_file())]
+    jobs = [(c, cases[c], plans, dataset_json) for c in todo]
+    written = []
+    pool = mp.get_context("fork").Pool(num_processes) if num_processes > 1 and len(jobs) > 1 else None
+    try:
+        it = pool.imap(_preprocess_for_prediction, jobs) if pool else map(_preprocess_for_prediction, jobs)
+        for case, data, props in tqdm(it, total=len(jobs), desc="predicting"):
+            probs = None
+            for m in models:
+                p = m.predict_preprocessed(data)
+                probs = p if probs is None else probs + p
+            probs /= len(models)
+            out = output_folder / f"{case}{fe}"
+            export_prediction(probs, props, plans, out, save_probabilities)
+            written.append(out)
+    finally:
+        if pool:
+            pool.terminate()
+    logger.info("wrote %d predictions to %s", len(written), output_folder)
+    return written
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="samunet_predict", description=__doc__.splitlines()[0])
+    p.add_argument("-i", required=True, help="input folder with CASE_0000<ending> files")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="dataset ID or name the model was trained on")
+    p.add_argument("-tr", default="ResNetTrainer", help="trainer name (default %(default)s)")
+    p.add_argument("-f", nargs="+", default=["0"], help="folds to ensemble (default 0), e.g. 0 1 2 3 4 or domain_RUNMC")
+    p.add_argument("-p", default=DEFAULT_PLANS_NAME, help="plans name")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default %(default)s)")
+    p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz with class probabilities")
+    p.add_argument("-npp", type=int, default=1, help="processes reading/preprocessing inputs (default %(default)s)")
+    p.add_argument("-device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from samunet.training.checkpoint import CheckpointError
+
+    try:
+        predict_folder(args.i, args.o, args.d, args.tr, args.f, args.p, args.chk, args.save_probabilities,
+                       args.npp, args.device, args.continue_prediction)
+    except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        sys.exit(f"error: {msg}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""``samunet_train DATASET FOLD [-tr TRAINER]`` (also ``torchrun ... -m samunet.run.train``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+DEFAULT_TRAINER = "ResNetTrainer"
+
+
+def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None, device: str | None = None,
+          num_epochs: int | None = None, num_iterations: int | None = None, resume: bool = False,
+          val_only: bool = False, use_best: bool = False, seed: int = 12345, skip_validation: bool = False):
+    """Train (or only validate) one fold; returns the trainer."""
+    from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
+    from samunet.training import distributed as dist_utils
+    from samunet.training.final_validation import run_final_validation
+    from samunet.training.registry import find_trainer
+    from samunet.training.trainer_base import default_device
+
+    dev = torch.device(device) if device else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("-device cuda was requested but no CUDA device is available; use -device cpu")
+    dist_utils.init_from_env(dev)
+    cls = find_trainer(trainer_name)
+    trainer = cls(dataset, fold, plans_name or DEFAULT_PLANS_NAME, device=dev, num_epochs=num_epochs,
+                  num_iterations_per_epoch=num_iterations, seed=seed)
+    if val_only:
+        trainer.initialize()
+        name = "checkpoint_best.pth" if use_best else "checkpoint_final.pth"
+        trainer.load(trainer.output_folder / name, weights_only_network=True)
+    else:
+        trainer.run_training(resume=resume)
+        if use_best and (trainer.output_folder / "checkpoint_best.pth").is_file():
+            trainer.load(trainer.output_folder / "checkpoint_best.pth", weights_only_network=True)
+    if trainer.rank == 0 and not skip_validation:
+        results = run_final_validation(trainer)
+        for split, summary in results.items():
+            if summary:
+                logging.getLogger(__name__).info("%s: mean foreground Dice %.4f", split, summary["foreground_mean"]["Dice"])
+    dist_utils.barrier()
+    return trainer
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="samunet_train", description="Train one fold of a trainer on a preprocessed dataset.")
+    p.add_argument("dataset", help="dataset ID or name, e.g. 501")
+    p.add_argument("fold", help="0..4, all, or domain_<name> (see splits_domains.json)")
+    p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer class name (default %(default)s)")
+    p.add_argument("-p", default=None, help="plans name (default samunetPlans)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: from the plan)")
+    p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: from the plan)")
+    p.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth")
+    p.add_argument("--val_only", action="store_true", help="only run the final validation with checkpoint_final.pth")
+    p.add_argument("--use_best", action="store_true", help="validate with checkpoint_best.pth instead of the final one")
+    p.add_argument("--no_validation", action="store_true", help="skip the final validation")
+    p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from samunet.training.checkpoint import CheckpointError
+
+    try:
+        train(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
+              args.val_only, args.use_best, args.seed, args.no_validation)
+    except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        sys.exit(f"error: {msg}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""After training: predict the fold's validation cases (and, for a domain fold, its
+test cases from the other domains) in their original geometry and evaluate them.
+
+Writes ``fold_x/validation/`` (and ``fold_x/test/``), each with one label file per case
+and ``summary.json`` (Dice and NSD per case, class and domain).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from samunet.inference.export import export_prediction
+from samunet.paths import raw_root
+from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+logger = logging.getLogger(__name__)
+
+
+def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: str) -> dict | None:
+    from samunet.evaluation.evaluate import evaluate_folder
+
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    fe = trainer.plans["file_ending"]
+    for case in tqdm(cases, desc=desc):
+        data, _, props = load_preprocessed_case(trainer.data_folder, case)
+        probs = trainer.predict_preprocessed(data)
+        export_prediction(probs, props, trainer.plans, output_folder / f"{case}{fe}")
+    ref = raw_root() / trainer.dataset_name / "labelsTr"
+    if not ref.is_dir():
+        logger.warning("no reference labels at %s: predictions written, not evaluated", ref)
+        return None
+    return evaluate_folder(ref, output_folder, trainer.dataset_json, output_file=output_folder / "summary.json",
+                           cases=cases)
+
+
+def run_final_validation(trainer) -> dict:
+    results = {}
+    if trainer.split["val"]:
+        results["validation"] = predict_and_evaluate(trainer, trainer.split["val"], trainer.output_folder / "validation",
+                                                     "validation")
+    if trainer.split.get("test"):
+        results["test"] = predict_and_evaluate(trainer, trainer.split["test"], trainer.output_folder / "test",
+                                               "test (other domains)")
+    return results

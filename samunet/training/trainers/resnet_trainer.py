@@ -1,0 +1,60 @@
+"""Stage 1 of SAMMed: a ResNet coarse segmenter trained from scratch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from samunet.inference.slice_inference import predict_volume_slices
+from samunet.networks.resnet_segmenter import build_stage1_network
+from samunet.training.losses import DiceCELoss, num_outputs_for
+from samunet.training.optim import build_adamw_poly
+from samunet.training.trainer_base import BaseTrainer
+
+
+class ResNetTrainer(BaseTrainer):
+    """ResNet encoder + U-Net decoder (or DeepLabV3-ResNet50), Dice + CE, AdamW + poly LR.
+
+    Backbone, width, patch and batch size, epochs and learning rate come from
+    ``plans["stage1"]``.
+    """
+
+    def network_config(self) -> dict:
+        cfg = self.plans["stage1"]
+        return {
+            "backbone": cfg["backbone"],
+            "base_width": cfg.get("base_width", 32),
+            "in_channels": self.plans["num_channels"],
+            "num_outputs": num_outputs_for(self.label_values),
+        }
+
+    def build_network(self) -> torch.nn.Module:
+        c = self.network_config()
+        return build_stage1_network(c["backbone"], c["in_channels"], c["num_outputs"], c["base_width"])
+
+    def build_loss(self) -> torch.nn.Module:
+        return DiceCELoss()
+
+    def configure_optimizers(self):
+        cfg = self.plans["stage1"]
+        return build_adamw_poly(self.network.parameters(), cfg["initial_lr"], cfg["weight_decay"], self.num_epochs)
+
+    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        return predict_volume_slices(self.network, data, self.device, batch_size=max(1, self.batch_size // 2))
+
+
+class ResNetTrainer_DeepLabV3(ResNetTrainer):
+    """DeepLabV3-ResNet50 (output stride 8) as in the SAMMed paper."""
+
+    def network_config(self) -> dict:
+        c = super().network_config()
+        c["backbone"] = "deeplabv3_resnet50"
+        return c
+
+
+class ResNetTrainer_5epochs(ResNetTrainer):
+    """A short schedule for smoke runs (same as ``--epochs 5``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["num_epochs"] = kwargs.get("num_epochs") or 5
+        super().__init__(*args, **kwargs)
