@@ -179,9 +179,14 @@ def convert_nifti_pairs(
     domains_csv: str | Path | None = None,
     overwrite: bool = False,
     modality: str = "MRI",
+    label_names: list[str] | None = None,
 ) -> Path:
     """Convert image/mask pairs into ``SAMUNET_raw/DatasetXXX_Name`` and return that folder."""
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    if images_dir.resolve() == masks_dir.resolve():
+        raise ConversionError(
+            f"images and masks are both in {images_dir}: put them in two folders (-i images/ -m masks/)."
+        )
     target = target_dataset_folder(dataset_id, name, overwrite)
     pairs, suffix = pair_files(images_dir, masks_dir, mask_suffix)
     ids = assign_case_ids(pairs, what=lambda s: str(pairs[s][0]))
@@ -250,7 +255,13 @@ def convert_nifti_pairs(
                 f"mask values across {masks_dir} are {values}; they must be consecutive integers 0, 1, ..., K "
                 "with 0 = background and at least one foreground label. Renumber the masks."
             )
-        labels = {"background": 0, **{f"label_{k}": k for k in values[1:]}}
+        if label_names is not None and len(label_names) != len(values) - 1:
+            raise ConversionError(
+                f"--label_names gives {len(label_names)} names but the masks hold {len(values) - 1} foreground "
+                f"labels {values[1:]}."
+            )
+        names = label_names or [f"label_{k}" for k in values[1:]]
+        labels = {"background": 0, **{n: k for n, k in zip(names, values[1:])}}
         generate_dataset_json(
             out,
             channel_names={"0": modality},
@@ -277,11 +288,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="mask name = case + suffix (e.g. _Segmentation); detected when omitted")
     p.add_argument("--domains", default=None, help="CSV with rows case,domain (header optional)")
     p.add_argument("--modality", default="MRI", help="channel name for dataset.json, e.g. CT or MRI (default MRI)")
+    p.add_argument("--label_names", default=None,
+                   help="comma-separated names of labels 1..K, e.g. PZ,CG (default label_1, label_2, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder of this name")
     a = p.parse_args(argv)
     run_cli(lambda: convert_nifti_pairs(
         a.images, a.masks, a.dataset_id, a.name, mask_suffix=a.mask_suffix, domains_csv=a.domains,
         overwrite=a.overwrite, modality=a.modality,
+        label_names=a.label_names.split(",") if a.label_names else None,
     ))
 
 

@@ -285,7 +285,27 @@ def evaluate_folder(
     summary = _nan_to_none(summary)
     out = Path(output_file) if output_file is not None else pred_folder / "summary.json"
     save_json(summary, out)
+    write_case_csv(summary, out.with_suffix(".csv"))
     return summary
+
+
+def write_case_csv(summary: dict, path: str | Path) -> None:
+    """One row per case and label (missing predictions included, marked), beside summary.json."""
+    import csv
+
+    from samunet.utilities.file_io import atomic_path
+
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["case", "domain", "label", "label_name", "Dice", "NSD", "n_ref", "n_pred", "status"])
+            for row in summary["metric_per_case"]:
+                for lab, m in row["metrics"].items():
+                    w.writerow([row["case"], row["domain"] or "", lab, summary["labels"].get(lab, ""),
+                                "" if m["Dice"] is None else f"{m['Dice']:.6f}",
+                                "" if m["NSD"] is None else f"{m['NSD']:.6f}", m["n_ref"], m["n_pred"], "ok"])
+            for case in summary["missing_predictions"]:
+                w.writerow([case, "", "", "", "", "", "", "", "missing prediction"])
 
 
 # --------------------------------------------------------------------------- CLI

@@ -163,7 +163,7 @@ def format_summary(summary: dict) -> str:
         f"SAM                {p['sam']['model']} at {p['sam']['input_size']} px, cache {p['sam']['cache_dtype']}",
         f"prompting          theta1 {p['prompting']['theta1']}, theta2 {p['prompting']['theta2']}, box jitter {p['prompting']['box_jitter_px']} px",
         f"five-fold splits   {summary['splits']['folds']} folds in splits_final.json",
-        f"domain folds       {', '.join(summary['splits']['domain_folds']) or 'none (no domains in dataset.json)'}",
+        f"domain folds       {', '.join(summary['splits']['domain_folds']) or ('none' if summary['splits']['skipped_domains'] else 'none (no domains in dataset.json)')}",
     ]
     for dom, why in summary["splits"]["skipped_domains"].items():
         lines.append(f"  no fold for {dom}: {why}")

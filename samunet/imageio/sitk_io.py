@@ -21,12 +21,53 @@ def _suffix(file: str | os.PathLike) -> str:
     return Path(file).suffix
 
 
+def check_nifti_gz_complete(path: Path) -> None:
+    """Refuse a truncated ``.nii.gz``: SimpleITK reads it silently and fills the rest with zeros.
+
+    Cheap first test: the gzip trailer stores the uncompressed size (mod 2**32), which should
+    equal the header's data offset plus the voxel data size. Only when it does not is the
+    whole stream decompressed (CRC-checked) to decide, so valid files are never refused.
+    """
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        offset = int(header["vox_offset"])
+        offset = max(offset, int(header["sizeof_hdr"]) + 4)  # vox_offset 0 means "right after the header"
+        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    except Exception:  # not parseable: SimpleITK's own error is clearer
+        return
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(f.read(4), "little")
+    if isize == expected % 2**32:
+        return
+    try:
+        n = 0
+        with gzip.open(path, "rb") as g:
+            while chunk := g.read(1 << 22):
+                n += len(chunk)
+        if n >= expected:
+            return
+    except (OSError, EOFError, zlib.error):
+        pass
+    raise ImageReadError(
+        f"{path}: the file is truncated or corrupt (its compressed stream does not hold the "
+        f"{expected} bytes its header announces). Re-export or re-copy it."
+    )
+
+
 def read_sitk(file: str | os.PathLike) -> sitk.Image:
     path = Path(file)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found.")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes). Re-export or re-copy it.")
+    if path.name.lower().endswith(".nii.gz"):
+        check_nifti_gz_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:

@@ -228,3 +228,29 @@ def test_prostate_masks_against_themselves(shared_data, tmp_path):
             assert row["metrics"][lab]["Dice"] == 1.0 and row["metrics"][lab]["NSD"] == 1.0
             assert row["metrics"][lab]["n_ref"] > 0
     assert s["foreground_mean"] == {"Dice": 1.0, "NSD": 1.0}
+
+
+def test_csv_written_beside_summary_and_one_pixel_objects(tmp_path):
+    import csv
+
+    import SimpleITK as sitk
+
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    a = np.zeros((3, 9, 9), np.uint8)
+    a[1, 4, 4] = 1  # a one-voxel object
+    b = a.copy()
+    for folder, arr in ((ref, a), (pred, b)):
+        im = sitk.GetImageFromArray(arr)
+        im.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(im, str(folder / "c1.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(ref / "c2.nii.gz"))
+    dj = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "dot": 1}, "numTraining": 2,
+          "file_ending": ".nii.gz"}
+    s = evaluate_folder(ref, pred, dj)
+    assert s["metric_per_case"][0]["metrics"]["1"]["Dice"] == 1.0
+    assert s["metric_per_case"][0]["metrics"]["1"]["NSD"] == 1.0
+    rows = list(csv.DictReader(open(pred / "summary.csv")))
+    assert rows[0]["case"] == "c1" and float(rows[0]["Dice"]) == 1.0
+    assert rows[-1]["case"] == "c2" and rows[-1]["status"] == "missing prediction"

@@ -115,3 +115,13 @@ def test_4d_image_refused_with_fix(tmp_path):
 def test_unknown_ending():
     with pytest.raises(ValueError, match="supported"):
         reader_writer_for(".xyz")
+
+
+def test_truncated_nifti_gz_refused(tmp_path):
+    arr = np.random.default_rng(0).normal(size=(20, 40, 40)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "full.nii.gz"))
+    blob = (tmp_path / "full.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(blob[: len(blob) * 2 // 3])
+    SimpleITKIO().read_images([tmp_path / "full.nii.gz"])
+    with pytest.raises(ImageReadError, match="truncated"):
+        SimpleITKIO().read_images([tmp_path / "cut.nii.gz"])

@@ -1,0 +1,299 @@
+"""A thin, backbone-agnostic wrapper around a Segment Anything model.
+
+``SamWrapper`` holds the three SAM parts (image encoder, prompt encoder, mask decoder) of
+either LiteMedSAM (TinyViT, 256² input) or a ViT SAM/MedSAM (1024² input) and exposes the
+steps the samunet methods need separately:
+
+1. :meth:`SamWrapper.prepare_images` — samunet-normalised slices → backbone input
+   (resize longest side, backbone-specific intensity normalisation, zero padding);
+2. :meth:`SamWrapper.encode` — frozen image encoder → ``(B, 256, 64, 64)``;
+3. :meth:`SamWrapper.scale_boxes` / :meth:`SamWrapper.scale_points` — slice pixel frame →
+   model-input frame;
+4. :meth:`SamWrapper.encode_prompts` — frozen prompt encoder (differentiable w.r.t. the
+   prompt coordinates);
+5. :meth:`SamWrapper.decode` — mask decoder with several prompts per image embedding and
+   optional additive offsets on the mask tokens (ProMISe's IPS);
+6. :meth:`SamWrapper.postprocess_logits` — low-resolution logits → slice frame.
+
+Frames: the *slice frame* is the original (H, W) pixel grid; the *S frame* is the padded
+square model input of side ``S = input_size``; the low-resolution decoder output is always
+256² and covers the whole S frame.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# SAM's ImageNet pixel statistics (segment_anything/modeling/sam.py), in the [0, 255] range.
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+NORMALIZATIONS = ("minmax01", "sam")
+
+
+def scaled_size(hw: Sequence[int], target: int) -> tuple[int, int]:
+    """Size ``(h, w)`` after resizing ``hw`` so that its longest side is ``target``
+    (rounded like segment_anything's ``ResizeLongestSide``)."""
+    h, w = int(hw[0]), int(hw[1])
+    scale = target / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+class SamWrapper(nn.Module):
+    """SAM image encoder + prompt encoder + mask decoder with explicit, separable steps.
+
+    Args:
+        name: registry name (``lite_medsam``, ``vit_b``, ...).
+        image_encoder: ``(B, 3, S, S) -> (B, 256, 64, 64)``.
+        prompt_encoder: segment_anything ``PromptEncoder`` (input size S, embedding 64²).
+        mask_decoder: segment_anything ``MaskDecoder``.
+        input_size: S, the side of the square model input (256 or 1024).
+        normalization: ``"minmax01"`` (MedSAM/LiteMedSAM: per-image min-max to [0, 1]) or
+            ``"sam"`` (original SAM: per-image min-max to [0, 255], then SAM's pixel mean/std).
+        checkpoint_path: the weights file the model was loaded from (informative).
+    """
+
+    def __init__(self, name: str, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
+                 input_size: int, normalization: str = "minmax01", checkpoint_path: Optional[str] = None):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.name = name
+        self.input_size = int(input_size)
+        self.normalization = normalization
+        self.checkpoint_path = checkpoint_path
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self._encoders_frozen = False
+        self.freeze_image_and_prompt_encoders()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def image_embedding_size(self) -> tuple[int, int]:
+        return tuple(self.prompt_encoder.image_embedding_size)
+
+    def freeze_image_and_prompt_encoders(self) -> "SamWrapper":
+        """Set ``requires_grad=False`` on the image and prompt encoders and keep them in eval
+        mode (the default after building). Only the mask decoder stays trainable."""
+        for module in (self.image_encoder, self.prompt_encoder):
+            for p in module.parameters():
+                p.requires_grad_(False)
+            module.eval()
+        self._encoders_frozen = True
+        return self
+
+    def trainable_decoder_parameters(self) -> list[nn.Parameter]:
+        """The mask decoder's parameters that require gradients (what an optimiser gets)."""
+        return [p for p in self.mask_decoder.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> "SamWrapper":
+        """Like ``nn.Module.train`` but frozen encoders always stay in eval mode: TinyViT has
+        BatchNorm layers whose running statistics must not drift while the decoder trains."""
+        super().train(mode)
+        if self._encoders_frozen:
+            self.image_encoder.eval()
+            self.prompt_encoder.eval()
+        return self
+
+    # ------------------------------------------------------------------ images
+    def prepare_images(self, slices: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Turn samunet-normalised slices into the backbone's input.
+
+        Args:
+            slices: ``(B, C, H, W)`` float, samunet-normalised (roughly [0, 1]).
+
+        Returns:
+            ``(images, (h, w))``: images ``(B, 3, S, S)`` and the scaled size ``(h, w)`` of the
+            content before padding (top-left corner of the S frame).
+
+        Steps:
+            1. Channels: ``C == 3`` is used as is; otherwise channel 0 is replicated to 3.
+               SAM's encoders were pretrained on RGB and only accept 3 channels; a grey MR/CT
+               slice is fed as a replicated grey image (MedSAM/LiteMedSAM convention), and an
+               arbitrary number of modalities has no meaningful mapping onto R, G, B, so the
+               first (primary) channel is used.
+            2. Resize so that the longest side is S (bilinear, ``antialias=True``, aspect kept).
+            3. Per-image intensity normalisation over all channels of the valid region:
+               ``minmax01`` → [0, 1]; ``sam`` → [0, 255] then ``(x - mean) / std``.
+            4. Zero-pad bottom/right to ``S × S`` (after normalisation, so padding is 0 in the
+               backbone's input space, as in both SAM and MedSAM).
+        """
+        if slices.ndim != 4:
+            raise ValueError(f"slices must be (B, C, H, W), got shape {tuple(slices.shape)}")
+        x = slices.to(device=self.device, dtype=torch.float32)
+        if x.shape[1] != 3:
+            x = x[:, :1].expand(-1, 3, -1, -1)
+        S = self.input_size
+        h, w = scaled_size(x.shape[-2:], S)
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-8)
+        if self.normalization == "sam":
+            x = (x * 255.0 - self.pixel_mean) / self.pixel_std
+        x = F.pad(x, (0, S - w, 0, S - h), value=0.0)
+        return x, (h, w)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen image encoder: ``(B, 3, S, S) -> (B, 256, 64, 64)`` (no gradients)."""
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
+            raise ValueError(f"images must be (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}")
+        with torch.no_grad():
+            return self.image_encoder(images.to(self.device))
+
+    # ------------------------------------------------------------------ prompts
+    def _frame_scale(self, slice_hw: Sequence[int]) -> float:
+        return self.input_size / max(int(slice_hw[0]), int(slice_hw[1]))
+
+    def scale_boxes(self, boxes, slice_hw: Sequence[int]) -> torch.Tensor:
+        """Boxes ``(N, 4)`` ``[x0, y0, x1, y1]`` in slice pixels → float boxes in the S frame
+        (multiplied by ``S / max(H, W)``)."""
+        b = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        if b.shape[-1] != 4:
+            raise ValueError(f"boxes must be (N, 4), got {tuple(b.shape)}")
+        return b * self._frame_scale(slice_hw)
+
+    def scale_points(self, points, slice_hw: Sequence[int]) -> torch.Tensor:
+        """Points ``(N, P, 2)`` ``(x, y)`` in slice pixels → float points in the S frame."""
+        p = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+        if p.shape[-1] != 2:
+            raise ValueError(f"points must be (N, P, 2), got {tuple(p.shape)}")
+        return p * self._frame_scale(slice_hw)
+
+    def encode_prompts(self, boxes: Optional[torch.Tensor] = None, points: Optional[torch.Tensor] = None,
+                       point_labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen prompt encoder.
+
+        Args:
+            boxes: ``(N, 4)`` in the S frame, or None.
+            points: ``(N, P, 2)`` ``(x, y)`` in the S frame, or None.
+            point_labels: ``(N, P)``: 1 positive, 0 negative, -1 padding; required with points.
+
+        Returns:
+            ``sparse (N, T, 256)``, ``dense (N, 256, 64, 64)``. T = 2 for a box, P + 1 for points
+            alone (SAM appends a "not-a-point" padding token when no box is given), P + 2 for
+            points and a box.
+
+        Not wrapped in ``torch.no_grad``: gradients flow to the point/box coordinates (ProMISe
+        learns point positions); the encoder's own parameters are frozen.
+        """
+        pts = None
+        if points is not None:
+            if point_labels is None:
+                raise ValueError("point_labels are required with points")
+            coords = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+            labels = torch.as_tensor(point_labels, device=self.device)
+            if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+                raise ValueError(f"points must be (N, P, 2) and labels (N, P); got {tuple(coords.shape)}, "
+                                 f"{tuple(labels.shape)}")
+            pts = (coords, labels)
+        bx = None
+        if boxes is not None:
+            bx = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4)
+            if pts is not None and bx.shape[0] != pts[0].shape[0]:
+                raise ValueError("boxes and points must have the same number of prompts N")
+        return self.prompt_encoder(points=pts, boxes=bx, masks=None)
+
+    # ------------------------------------------------------------------ decoder
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+               image_index: Optional[torch.Tensor] = None, multimask_output: bool = False,
+               mask_token_offsets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask decoder for N prompts on B image embeddings.
+
+        Args:
+            image_embeddings: ``(B, 256, 64, 64)``.
+            sparse: ``(N, T, 256)`` sparse prompt embeddings.
+            dense: ``(N, 256, 64, 64)`` (or ``(1, ...)``, broadcast) dense prompt embeddings.
+            image_index: ``(N,)`` long — prompt n uses ``image_embeddings[image_index[n]]``.
+                None means one-to-one (B == N); B == 1 is also accepted and shared by all prompts.
+            multimask_output: False → mask token 0 only (k = 1); True → tokens 1..3 (k = 3),
+                as in ``MaskDecoder.forward``.
+            mask_token_offsets: ``(N, 4, 256)`` added to the 4 mask-token embeddings (not the IoU
+                token) before the two-way transformer (ProMISe IPS), or None.
+
+        Returns:
+            ``low_res_logits (N, k, 256, 256)`` over the whole S frame, ``iou (N, k)``.
+
+        This re-implements ``MaskDecoder.predict_masks`` with the decoder's own submodules so
+        that offsets can be injected. Unlike segment_anything's version, which always does
+        ``repeat_interleave(image_embeddings, N)`` (correct only for B == 1; B == N would blow up
+        to N² rows), embeddings are gathered per prompt with ``image_index``.
+        """
+        dec = self.mask_decoder
+        N = sparse.shape[0]
+        B = image_embeddings.shape[0]
+        if image_index is None:
+            if B == N:
+                src = image_embeddings
+            elif B == 1:
+                src = image_embeddings.expand(N, -1, -1, -1)
+            else:
+                raise ValueError(f"image_index is required when B ({B}) != N ({N}) and B != 1")
+        else:
+            idx = torch.as_tensor(image_index, dtype=torch.long, device=image_embeddings.device).reshape(-1)
+            if idx.numel() != N:
+                raise ValueError(f"image_index has {idx.numel()} entries for {N} prompts")
+            if N and (int(idx.min()) < 0 or int(idx.max()) >= B):
+                raise IndexError(f"image_index out of range for {B} image embeddings")
+            src = image_embeddings.index_select(0, idx)
+        if dense.shape[0] not in (N, 1):
+            raise ValueError(f"dense has batch {dense.shape[0]}, expected {N} or 1")
+        src = src + dense
+        pe = self.prompt_encoder.get_dense_pe()
+        pos_src = pe.expand(N, -1, -1, -1)
+        b, c, h, w = src.shape
+
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(N, -1, -1)
+        if mask_token_offsets is not None:
+            expected = (N, dec.num_mask_tokens, output_tokens.shape[-1])
+            if tuple(mask_token_offsets.shape) != expected:
+                raise ValueError(f"mask_token_offsets must be {expected}, got {tuple(mask_token_offsets.shape)}")
+            output_tokens = torch.cat([output_tokens[:, :1], output_tokens[:, 1:] + mask_token_offsets], dim=1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+
+        hs, src = dec.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:(1 + dec.num_mask_tokens), :]
+
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = dec.output_upscaling(src)
+        hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
+                                for i in range(dec.num_mask_tokens)], dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        iou = dec.iou_prediction_head(iou_token_out)
+
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou[:, sl]
+
+    def postprocess_logits(self, logits: torch.Tensor, scaled_hw: Sequence[int],
+                           slice_hw: Sequence[int]) -> torch.Tensor:
+        """Low-resolution logits ``(N, k, 256, 256)`` → ``(N, k, H, W)`` in the slice frame:
+        upsample to S × S (bilinear), crop the unpadded ``scaled_hw`` region, resize to
+        ``slice_hw`` (bilinear)."""
+        S = self.input_size
+        x = logits
+        if tuple(x.shape[-2:]) != (S, S):
+            x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False)
+        x = x[..., : int(scaled_hw[0]), : int(scaled_hw[1])]
+        target = (int(slice_hw[0]), int(slice_hw[1]))
+        if tuple(x.shape[-2:]) != target:
+            x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}, normalization={self.normalization!r}"
+
