@@ -75,21 +75,31 @@ def find_input_cases(input_folder: Path, file_ending: str, num_channels: int) ->
 
 
 def _preprocess_for_prediction(args):
-    case, files, plans, dataset_json = args
+    case, files, plans, dataset_json, label_file = args
     rw = reader_writer_for(dataset_json["file_ending"], dataset_json.get("overwrite_image_reader_writer"))
     data, props = rw.read_images(files)
+    seg = None
+    if label_file is not None:
+        if not Path(label_file).is_file():
+            raise PredictionError(f"--prompt gt_box: no reference label {label_file} for case {case}")
+        seg, _ = rw.read_seg(label_file)
+        if seg.shape[1:] != data.shape[1:]:
+            raise PredictionError(f"{label_file}: shape {seg.shape[1:]} differs from the image's {data.shape[1:]}")
     if data.shape[0] != plans["num_channels"]:
         raise PredictionError(
             f"case {case}: {data.shape[0]} channels read from {[str(f) for f in files]} but the model expects "
             f"{plans['num_channels']} ({dataset_json['channel_names']})."
         )
-    data, _, props = preprocess_arrays(data, None, props, plans)
-    return case, data, props
+    data, seg, props = preprocess_arrays(data, seg, props, plans)
+    return case, data, seg, props
 
 
 def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=(0,), plans_name=DEFAULT_PLANS_NAME,
                    checkpoint_name: str = "checkpoint_final.pth", save_probabilities: bool = False,
-                   num_processes: int = 1, device=None, continue_prediction: bool = False) -> list[Path]:
+                   num_processes: int = 1, device=None, continue_prediction: bool = False, prompt: str | None = None,
+                   labels_folder=None) -> list[Path]:
+    """Predict every case of ``input_folder``. ``prompt`` (SAM trainers): ``auto``, ``gt_box``
+    (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     folder = model_folder(dataset, trainer_name, plans_name)
     models = load_fold_models(folder, trainer_name, [str(f) for f in folds], checkpoint_name, device)
@@ -100,15 +110,19 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
         raise PredictionError("the output folder must differ from the input folder")
     output_folder.mkdir(parents=True, exist_ok=True)
     todo = [c for c in sorted(cases) if not (continue_prediction and (output_folder / f"{c}{fe}").is_file())]
-    jobs = [(c, cases[c], plans, dataset_json) for c in todo]
+    if prompt == "gt_box" and labels_folder is None:
+        raise PredictionError("--prompt gt_box needs reference labels: add --labels DIR")
+    context = {} if prompt is None else {"prompt": prompt}
+    lab = (lambda c: Path(labels_folder) / f"{c}{fe}") if prompt == "gt_box" else (lambda c: None)
+    jobs = [(c, cases[c], plans, dataset_json, lab(c)) for c in todo]
     written = []
     pool = mp.get_context("fork").Pool(num_processes) if num_processes > 1 and len(jobs) > 1 else None
     try:
         it = pool.imap(_preprocess_for_prediction, jobs) if pool else map(_preprocess_for_prediction, jobs)
-        for case, data, props in tqdm(it, total=len(jobs), desc="predicting"):
+        for case, data, seg, props in tqdm(it, total=len(jobs), desc="predicting"):
             probs = None
             for m in models:
-                p = m.predict_preprocessed(data)
+                p = m.predict_preprocessed(data, reference_seg=seg, **context)
                 probs = p if probs is None else probs + p
             probs /= len(models)
             out = output_folder / f"{case}{fe}"
@@ -126,13 +140,16 @@ def main(argv=None) -> None:
     p.add_argument("-i", required=True, help="input folder with CASE_0000<ending> files")
     p.add_argument("-o", required=True, help="output folder")
     p.add_argument("-d", required=True, help="dataset ID or name the model was trained on")
-    p.add_argument("-tr", default="ResNetTrainer", help="trainer name (default %(default)s)")
+    p.add_argument("-tr", default="SAMBoxTrainer", help="trainer name (default %(default)s)")
     p.add_argument("-f", nargs="+", default=["0"], help="folds to ensemble (default 0), e.g. 0 1 2 3 4 or domain_RUNMC")
     p.add_argument("-p", default=DEFAULT_PLANS_NAME, help="plans name")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default %(default)s)")
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("-npp", type=int, default=1, help="processes reading/preprocessing inputs (default %(default)s)")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--prompt", default=None, choices=["auto", "gt_box", "full_box", "unfiltered_box"],
+                   help="SAM trainers: where box prompts come from (default auto: stage-1 masks)")
+    p.add_argument("--labels", default=None, help="reference label folder for --prompt gt_box")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -140,7 +157,7 @@ def main(argv=None) -> None:
 
     try:
         predict_folder(args.i, args.o, args.d, args.tr, args.f, args.p, args.chk, args.save_probabilities,
-                       args.npp, args.device, args.continue_prediction)
+                       args.npp, args.device, args.continue_prediction, args.prompt, args.labels)
     except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

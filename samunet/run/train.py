@@ -8,12 +8,13 @@ import sys
 
 import torch
 
-DEFAULT_TRAINER = "ResNetTrainer"
+DEFAULT_TRAINER = "SAMBoxTrainer"  # the whole SAMMed chain: stage 1 (trained if missing), then SAM
 
 
 def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None, device: str | None = None,
           num_epochs: int | None = None, num_iterations: int | None = None, resume: bool = False,
-          val_only: bool = False, use_best: bool = False, seed: int = 12345, skip_validation: bool = False):
+          val_only: bool = False, use_best: bool = False, seed: int = 12345, skip_validation: bool = False,
+          **options):
     """Train (or only validate) one fold; returns the trainer."""
     from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
     from samunet.training import distributed as dist_utils
@@ -26,10 +27,13 @@ def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | 
         raise RuntimeError("-device cuda was requested but no CUDA device is available; use -device cpu")
     dist_utils.init_from_env(dev)
     cls = find_trainer(trainer_name)
+    options = {k: v for k, v in options.items() if v is not None}
     trainer = cls(dataset, fold, plans_name or DEFAULT_PLANS_NAME, device=dev, num_epochs=num_epochs,
-                  num_iterations_per_epoch=num_iterations, seed=seed)
+                  num_iterations_per_epoch=num_iterations, seed=seed, **options)
     if val_only:
         trainer.initialize()
+        if hasattr(trainer, "ensure_stage1"):
+            trainer.make_datasets()
         name = "checkpoint_best.pth" if use_best else "checkpoint_final.pth"
         trainer.load(trainer.output_folder / name, weights_only_network=True)
     else:
@@ -57,6 +61,10 @@ def main(argv=None) -> None:
     p.add_argument("--val_only", action="store_true", help="only run the final validation with checkpoint_final.pth")
     p.add_argument("--use_best", action="store_true", help="validate with checkpoint_best.pth instead of the final one")
     p.add_argument("--no_validation", action="store_true", help="skip the final validation")
+    p.add_argument("--sam", default=None, help="SAM backbone: lite_medsam (default), vit_b, vit_l, vit_h, medsam_vit_b")
+    p.add_argument("--sam_checkpoint", default=None, help="weights file for the ViT backbones (SAM or MedSAM)")
+    p.add_argument("--stage1_epochs", type=int, default=None, help="epochs of stage 1 when the chain trains it")
+    p.add_argument("--stage1_iters", type=int, default=None, help="iterations per epoch of stage 1 in the chain")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -66,8 +74,9 @@ def main(argv=None) -> None:
 
     try:
         train(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
-              args.val_only, args.use_best, args.seed, args.no_validation)
-    except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:
+              args.val_only, args.use_best, args.seed, args.no_validation, sam=args.sam,
+              sam_checkpoint=args.sam_checkpoint, stage1_epochs=args.stage1_epochs, stage1_iters=args.stage1_iters)
+    except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:  # incl. SamCheckpointError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")
 

@@ -19,15 +19,15 @@ from samunet.preprocessing.preprocessor import load_preprocessed_case
 logger = logging.getLogger(__name__)
 
 
-def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: str) -> dict | None:
+def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: str, **context) -> dict | None:
     from samunet.evaluation.evaluate import evaluate_folder
 
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     fe = trainer.plans["file_ending"]
     for case in tqdm(cases, desc=desc):
-        data, _, props = load_preprocessed_case(trainer.data_folder, case)
-        probs = trainer.predict_preprocessed(data)
+        data, seg, props = load_preprocessed_case(trainer.data_folder, case)
+        probs = trainer.predict_preprocessed(data, case=case, reference_seg=seg, **context)
         export_prediction(probs, props, trainer.plans, output_folder / f"{case}{fe}")
     ref = raw_root() / trainer.dataset_name / "labelsTr"
     if not ref.is_dir():
@@ -38,11 +38,18 @@ def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: s
 
 
 def run_final_validation(trainer) -> dict:
+    """Validation (and test) predictions; trainers with prompt modes (``validation_prompt_modes``)
+    are also evaluated with each oracle/ablation prompt, into ``validation_<mode>/``."""
     results = {}
-    if trainer.split["val"]:
-        results["validation"] = predict_and_evaluate(trainer, trainer.split["val"], trainer.output_folder / "validation",
-                                                     "validation")
-    if trainer.split.get("test"):
-        results["test"] = predict_and_evaluate(trainer, trainer.split["test"], trainer.output_folder / "test",
-                                               "test (other domains)")
+    modes = getattr(trainer, "validation_prompt_modes", [None])
+    for mode in modes:
+        suffix = "" if mode in (None, "auto") else f"_{mode}"
+        ctx = {} if mode is None else {"prompt": mode}
+        if trainer.split["val"]:
+            results[f"validation{suffix}"] = predict_and_evaluate(
+                trainer, trainer.split["val"], trainer.output_folder / f"validation{suffix}", f"validation{suffix}", **ctx)
+        if trainer.split.get("test"):
+            results[f"test{suffix}"] = predict_and_evaluate(
+                trainer, trainer.split["test"], trainer.output_folder / f"test{suffix}", f"test{suffix} (other domains)",
+                **ctx)
     return results

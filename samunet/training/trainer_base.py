@@ -48,9 +48,10 @@ class BaseTrainer:
 
     def __init__(self, dataset: str | int, fold: str | int, plans_name: str = DEFAULT_PLANS_NAME,
                  device: torch.device | str | None = None, num_epochs: int | None = None,
-                 num_iterations_per_epoch: int | None = None, seed: int = 12345):
+                 num_iterations_per_epoch: int | None = None, seed: int = 12345, **options):
         self.dataset_name = resolve_dataset(dataset)
         self.fold = str(fold)
+        self.options = dict(options)  # trainer-specific settings (e.g. the SAM backbone), kept in checkpoints
         self.plans_name = plans_name
         self.preprocessed_folder = preprocessed_root() / self.dataset_name
         plans_file = self.preprocessed_folder / plans_file_name(plans_name)
@@ -88,9 +89,17 @@ class BaseTrainer:
         """Return ``(optimizer, scheduler)``; the scheduler is stepped once per epoch."""
         raise NotImplementedError
 
-    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
-        """``(C, Z, Y, X)`` preprocessed data -> ``(K, Z, Y, X)`` probabilities."""
+    def predict_preprocessed(self, data: np.ndarray, **context) -> np.ndarray:
+        """``(C, Z, Y, X)`` preprocessed data -> ``(K, Z, Y, X)`` class scores whose argmax is the
+        label. ``context`` may carry ``case`` (a preprocessed case id) and ``reference_seg``."""
         raise NotImplementedError
+
+    def extra_checkpoint_state(self) -> dict:
+        """More entries for checkpoints (tensors, strings, numbers only)."""
+        return {}
+
+    def restore_inference_state(self, checkpoint: dict) -> None:
+        """Counterpart of :meth:`extra_checkpoint_state`, called before :meth:`build_network`."""
 
     def network_config(self) -> dict:
         """What :func:`build_network` needs, stored in checkpoints for inference."""
@@ -106,10 +115,13 @@ class BaseTrainer:
         self.dataset_json = json.loads(ckpt["dataset_json"])
         self.dataset_name = self.plans["dataset_name"]
         self.fold = ckpt["fold"]
+        self.seed = int(ckpt.get("seed", 12345))
         self.label_values = list(self.plans["label_values"])
         self.foreground_labels = [v for v in self.label_values if v != 0]
         self.batch_size = int(self.plans[cls.plans_section]["batch_size"])
         self.rank, self.world_size = 0, 1
+        self.options = json.loads(ckpt.get("options", "{}"))
+        self.restore_inference_state(ckpt)
         self.network = self.build_network().to(self.device)
         self.network.load_state_dict(ckpt["network_weights"])
         self.network.eval()
@@ -117,6 +129,7 @@ class BaseTrainer:
 
     # ---- setup --------------------------------------------------------------------
     def initialize(self) -> None:
+        self.output_folder.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed + self.rank)
         np.random.seed((self.seed + self.rank) % 2**32)
         random.seed(self.seed + self.rank)
@@ -151,6 +164,8 @@ class BaseTrainer:
             "network_config": json.dumps(self.network_config()),
             "fold": self.fold,
             "seed": self.seed,
+            "options": json.dumps(self.options),
+            **self.extra_checkpoint_state(),
         }
 
     def save(self, name: str) -> None:
@@ -208,10 +223,8 @@ class BaseTrainer:
         losses = []
         bar = tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch + 1}/{self.num_epochs}",
                    disable=self.rank != 0, leave=False)
-        per_rank = max(1, self.batch_size // self.world_size)
         for _ in bar:
-            batch = augment(self.train_data.batch(per_rank, self.rng), self.transforms)
-            losses.append(self.train_step(batch))
+            losses.append(self.train_step(self.next_train_batch()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if self.scheduler is not None:
             self.scheduler.step()
@@ -221,6 +234,13 @@ class BaseTrainer:
         record["epoch_time_s"] = time.perf_counter() - t0
         return record
 
+    def next_train_batch(self) -> dict:
+        per_rank = max(1, self.batch_size // self.world_size)
+        return augment(self.train_data.batch(per_rank, self.rng), self.transforms)
+
+    def next_val_batch(self, rng: np.random.Generator) -> dict:
+        return self.val_data.batch(self.batch_size, rng)
+
     def run_validation_batches(self) -> dict:
         # a generator of its own, seeded by epoch: validation never shifts the training RNG
         if self.num_val_iterations <= 0:
@@ -228,7 +248,7 @@ class BaseTrainer:
         vrng = np.random.default_rng([self.seed, 7, self.current_epoch])
         losses, tp, fp, fn = [], 0, 0, 0
         for _ in range(self.num_val_iterations):
-            l, a, b, c = self.validation_step(self.val_data.batch(self.batch_size, vrng))
+            l, a, b, c = self.validation_step(self.next_val_batch(vrng))
             losses.append(l)
             tp, fp, fn = tp + a, fp + b, fn + c
         dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]

@@ -39,7 +39,7 @@ class ResNetTrainer(BaseTrainer):
         cfg = self.plans["stage1"]
         return build_adamw_poly(self.network.parameters(), cfg["initial_lr"], cfg["weight_decay"], self.num_epochs)
 
-    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+    def predict_preprocessed(self, data: np.ndarray, **context) -> np.ndarray:
         return predict_volume_slices(self.network, data, self.device, batch_size=max(1, self.batch_size // 2))
 
 

@@ -1,0 +1,62 @@
+"""Box prompts per slice and class, from stage-1 probabilities, references or the user.
+
+Modes (``--prompt``):
+
+- ``auto``: SAMMed's mask filtering: threshold stage-1 probabilities at θ1, keep the largest
+  connected component of the downsampled mask, take its box;
+- ``unfiltered_box``: the box of every stage-1 pixel above 0.9 (SAMMed's "SAM + ResNet" row);
+- ``full_box``: the whole slice on every slice (SAMMed's "SAM + Full" row);
+- ``gt_box``: the reference mask's tight box (the upper bound; needs reference labels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samunet.sam.prompts import full_box, jitter_box, largest_component_box, mask_box, unfiltered_box
+
+PROMPT_MODES = ("auto", "gt_box", "full_box", "unfiltered_box")
+
+
+def slice_boxes(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | None, labels: list[int],
+                prompting: dict, rng: np.random.Generator | None = None) -> dict[int, np.ndarray]:
+    """Boxes ``{label: [x0, y0, x1, y1]}`` for one slice (labels without a prompt are absent).
+
+    ``fg_probs`` ``(K_fg, Y, X)``: stage-1 probability of each foreground label;
+    ``ref_slice`` ``(Y, X)``: reference labels (``gt_box`` only).
+    """
+    out = {}
+    for i, label in enumerate(labels):
+        if mode == "auto":
+            box = largest_component_box(fg_probs[i], prompting["theta1"], prompting["mask_downsample_factor"])
+        elif mode == "unfiltered_box":
+            box = unfiltered_box(fg_probs[i], prompting.get("unfiltered_theta", 0.9))
+        elif mode == "full_box":
+            shape = fg_probs.shape[1:] if fg_probs is not None else ref_slice.shape
+            box = full_box(shape)
+        elif mode == "gt_box":
+            if ref_slice is None:
+                raise ValueError("--prompt gt_box needs reference labels (--labels DIR)")
+            box = mask_box(ref_slice == label)
+        else:
+            raise ValueError(f"unknown prompt mode {mode!r}; choose one of {PROMPT_MODES}")
+        if box is None:
+            continue
+        if rng is not None and mode in ("auto", "unfiltered_box", "gt_box"):
+            lo, hi = prompting["box_jitter_px"]
+            shape = fg_probs.shape[1:] if fg_probs is not None else ref_slice.shape
+            box = jitter_box(box, rng, int(hi), shape)
+        out[label] = np.asarray(box)
+    return out
+
+
+def mask_to_low_res(masks: torch.Tensor, scaled_hw, input_size: int, low_res: int = 256) -> torch.Tensor:
+    """``(B, Y, X)`` binary masks in the slice frame -> ``(B, 1, low_res, low_res)`` float
+    targets in the frame of the decoder's low-resolution output (resize, pad, downsample)."""
+    m = F.interpolate(masks[:, None].float(), size=tuple(scaled_hw), mode="nearest")
+    m = F.pad(m, (0, input_size - m.shape[-1], 0, input_size - m.shape[-2]))
+    if input_size != low_res:
+        m = (F.interpolate(m, size=(low_res, low_res), mode="area") > 0.5).float()
+    return m
