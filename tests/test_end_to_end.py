@@ -115,7 +115,7 @@ def test_real_prostate_end_to_end(prostate_raw, samunet_roots, tmp_path):
 def test_torchrun_ddp_two_processes(synthetic_planned, samunet_roots):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "samunet.run.train", "650", "0", "--epochs", "1", "--iters", "2", "--no_validation", "-device", "cpu"]
+           "-m", "samunet.run.train", "650", "0", "-tr", "ResNetTrainer", "--epochs", "1", "--iters", "2", "--no_validation", "-device", "cpu"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     folder = samunet_roots["results"] / "Dataset650_Synthetic" / "ResNetTrainer__samunetPlans" / "fold_0"

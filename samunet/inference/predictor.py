@@ -13,7 +13,6 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from samunet.dataset_conversion.dataset_json import channel_files, list_cases
@@ -97,7 +96,7 @@ def _preprocess_for_prediction(args):
 def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=(0,), plans_name=DEFAULT_PLANS_NAME,
                    checkpoint_name: str = "checkpoint_final.pth", save_probabilities: bool = False,
                    num_processes: int = 1, device=None, continue_prediction: bool = False, prompt: str | None = None,
-                   labels_folder=None) -> list[Path]:
+                   labels_folder=None, classes: list[str] | None = None) -> list[Path]:
     """Predict every case of ``input_folder``. ``prompt`` (SAM trainers): ``auto``, ``gt_box``
     (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
@@ -113,6 +112,8 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     if prompt == "gt_box" and labels_folder is None:
         raise PredictionError("--prompt gt_box needs reference labels: add --labels DIR")
     context = {} if prompt is None else {"prompt": prompt}
+    if classes:
+        context["classes"] = list(classes)
     lab = (lambda c: Path(labels_folder) / f"{c}{fe}") if prompt == "gt_box" else (lambda c: None)
     jobs = [(c, cases[c], plans, dataset_json, lab(c)) for c in todo]
     written = []
@@ -150,6 +151,8 @@ def main(argv=None) -> None:
     p.add_argument("--prompt", default=None, choices=["auto", "gt_box", "full_box", "unfiltered_box"],
                    help="SAM trainers: where box prompts come from (default auto: stage-1 masks)")
     p.add_argument("--labels", default=None, help="reference label folder for --prompt gt_box")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="ClassPromptTrainer: label names from dataset.json to segment, or 'all' (default all)")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -157,7 +160,7 @@ def main(argv=None) -> None:
 
     try:
         predict_folder(args.i, args.o, args.d, args.tr, args.f, args.p, args.chk, args.save_probabilities,
-                       args.npp, args.device, args.continue_prediction, args.prompt, args.labels)
+                       args.npp, args.device, args.continue_prediction, args.prompt, args.labels, args.classes)
     except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

@@ -1,8 +1,10 @@
 """The main job end to end on the bundled demo data (6 prostate MRI volumes).
 
 convert -> integrity check -> fingerprint -> plan -> preprocess -> splits -> train fold 0
-(a short schedule) -> predict the fold's validation images from raw NIfTI -> evaluate
-(Dice and NSD per case and class) -> print the table.
+with the default SAMMed chain (stage-1 ResNet, embedding cache, SAM decoder fine-tuning;
+a short schedule) -> predict the fold's validation images from raw NIfTI -> evaluate
+(Dice and NSD per case and class) -> print the tables, including stage 1 alone and the
+oracle reference-box prompt for comparison.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def _set_roots(out: Path) -> None:
         os.environ[var] = str(out / sub)
 
 
-def run_demo(output_dir: str | Path, num_processes: int = 2, epochs: int = 4, iterations: int = 15,
-             trainer: str = "ResNetTrainer", device: str | None = None) -> dict:
+def run_demo(output_dir: str | Path, num_processes: int = 2, epochs: int = 3, iterations: int = 15,
+             trainer: str = "SAMBoxTrainer", device: str | None = None, stage1_epochs: int = 4,
+             stage1_iterations: int = 15) -> dict:
     """Run the demo with all three roots under ``output_dir``; returns the evaluation summary."""
     from samunet.dataset_conversion.convert_nifti_pairs import convert_nifti_pairs
     from samunet.evaluation.evaluate import evaluate_folder, format_summary as format_eval
@@ -54,13 +57,15 @@ def run_demo(output_dir: str | Path, num_processes: int = 2, epochs: int = 4, it
     for i, s in enumerate(splits):
         print(f"  fold {i}: train {', '.join(s['train'])} | val {', '.join(s['val'])}")
 
-    print(f"\n[3/5] samunet_train {DEMO_DATASET_ID} 0 -tr {trainer} --epochs {epochs} --iters {iterations}"
-          "   (a short demo schedule; the plan's default is much longer)")
+    print(f"\n[3/5] samunet_train {DEMO_DATASET_ID} 0 -tr {trainer} --epochs {epochs} --iters {iterations} "
+          f"--stage1_epochs {stage1_epochs} --stage1_iters {stage1_iterations}\n"
+          "      (a short demo schedule; the plan's default is much longer. SAM trainers first train the "
+          "stage-1 ResNet and encode every slice once into the embedding cache)")
     results = out / "results"
     if results.exists():
         shutil.rmtree(results)
     t = train(DEMO_DATASET_ID, 0, trainer, device=device, num_epochs=epochs, num_iterations=iterations,
-              skip_validation=True)
+              stage1_epochs=stage1_epochs, stage1_iters=stage1_iterations)
     val_cases = splits[0]["val"]
 
     print(f"[4/5] samunet_predict on the raw images of fold 0's validation cases ({', '.join(val_cases)})")
@@ -76,6 +81,16 @@ def run_demo(output_dir: str | Path, num_processes: int = 2, epochs: int = 4, it
     print("[5/5] samunet_evaluate: Dice and NSD (2 mm) against the expert masks\n")
     ev = evaluate_folder(raw / "labelsTr", pred, raw / "dataset.json", cases=val_cases)
     print(format_eval(ev))
+    print("\nfold 0 validation, mean foreground Dice / NSD (from each run's summary.json):")
+    rows = [("ResNetTrainer", "stage 1 alone", results / "Dataset990_DemoProstate" / "ResNetTrainer__samunetPlans"
+             / "fold_0" / "validation"),
+            (trainer, "automatic prompts", t.output_folder / "validation"),
+            (trainer, "reference box (oracle upper bound)", t.output_folder / "validation_gt_box"),
+            (trainer, "whole-slice box", t.output_folder / "validation_full_box")]
+    for name, what, folder in rows:
+        if (folder / "summary.json").is_file():
+            fm = load_json(folder / "summary.json")["foreground_mean"]
+            print(f"  {name:<15} {what:<36} Dice {fm['Dice'] or 0:.3f}  NSD {fm['NSD'] or 0:.3f}")
     print(f"\ntraining log and curves: {t.output_folder}/training_log.json, progress.png")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; everything is under {out}")
     return ev
@@ -85,14 +100,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="samunet_demo", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output_dir", default="samunet_demo_output", help="work folder (default %(default)s)")
     parser.add_argument("-np", type=int, default=2, help="worker processes (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default %(default)s, a demo schedule)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default %(default)s, a demo schedule)")
     parser.add_argument("--iters", type=int, default=15, help="iterations per epoch (default %(default)s)")
-    parser.add_argument("-tr", default="ResNetTrainer", help="trainer (default %(default)s)")
+    parser.add_argument("--stage1_epochs", type=int, default=4, help="stage-1 epochs (default %(default)s)")
+    parser.add_argument("--stage1_iters", type=int, default=15, help="stage-1 iterations per epoch (default %(default)s)")
+    parser.add_argument("-tr", default="SAMBoxTrainer", help="trainer (default %(default)s)")
     parser.add_argument("-device", default=None, choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        run_demo(args.output_dir, args.np, args.epochs, args.iters, args.tr, args.device)
+        run_demo(args.output_dir, args.np, args.epochs, args.iters, args.tr, args.device, args.stage1_epochs,
+                 args.stage1_iters)
     except Exception as e:  # the demo is the first thing a newcomer runs: say what failed plainly
         sys.exit(f"demo failed: {type(e).__name__}: {e}")
 

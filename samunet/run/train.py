@@ -32,8 +32,8 @@ def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | 
                   num_iterations_per_epoch=num_iterations, seed=seed, **options)
     if val_only:
         trainer.initialize()
-        if hasattr(trainer, "ensure_stage1"):
-            trainer.make_datasets()
+        if hasattr(trainer, "ensure_stage1") or hasattr(trainer, "make_caches"):
+            trainer.make_datasets()  # SAM trainers: stage 1 and the embedding/feature caches
         name = "checkpoint_best.pth" if use_best else "checkpoint_final.pth"
         trainer.load(trainer.output_folder / name, weights_only_network=True)
     else:
@@ -63,6 +63,8 @@ def main(argv=None) -> None:
     p.add_argument("--no_validation", action="store_true", help="skip the final validation")
     p.add_argument("--sam", default=None, help="SAM backbone: lite_medsam (default), vit_b, vit_l, vit_h, medsam_vit_b")
     p.add_argument("--sam_checkpoint", default=None, help="weights file for the ViT backbones (SAM or MedSAM)")
+    p.add_argument("--points", type=int, default=None, choices=[3, 5, 16],
+                   help="ProMISeTrainer: number of learned point prompts (1+2, 2+3 or 8+8 positive+negative)")
     p.add_argument("--stage1_epochs", type=int, default=None, help="epochs of stage 1 when the chain trains it")
     p.add_argument("--stage1_iters", type=int, default=None, help="iterations per epoch of stage 1 in the chain")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
@@ -75,7 +77,8 @@ def main(argv=None) -> None:
     try:
         train(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
               args.val_only, args.use_best, args.seed, args.no_validation, sam=args.sam,
-              sam_checkpoint=args.sam_checkpoint, stage1_epochs=args.stage1_epochs, stage1_iters=args.stage1_iters)
+              sam_checkpoint=args.sam_checkpoint, stage1_epochs=args.stage1_epochs, stage1_iters=args.stage1_iters,
+              points=args.points)
     except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:  # incl. SamCheckpointError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

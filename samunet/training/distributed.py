@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -12,7 +13,8 @@ from torch import nn
 def init_from_env(device: torch.device) -> None:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # long timeout: ranks wait at barriers while caches are built or rank 0 validates
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=12))
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -41,3 +43,15 @@ def mean_across_ranks(value: float) -> float:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def average_gradients(parameters) -> None:
+    """All-reduce gradients by hand, for trainers whose trained part is not called through
+    a DDP-wrapped forward (e.g. SAM's mask decoder used piecewise)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    world = dist.get_world_size()
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world

@@ -24,6 +24,10 @@ class ProgressLogger:
         save_json({"epochs": self.epochs, **(extra or {})}, folder / "training_log.json")
         self.plot(folder / "progress.png")
 
+    def extra_panels(self) -> list:
+        """Subclasses add panels: callables ``draw(ax, epochs_axis)`` drawn below the standard two."""
+        return []
+
     def plot(self, path: str | Path) -> None:
         import matplotlib
 
@@ -33,7 +37,8 @@ class ProgressLogger:
         if not self.epochs:
             return
         ep = [e["epoch"] for e in self.epochs]
-        fig, axes = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+        extra = self.extra_panels()
+        fig, axes = plt.subplots(2 + len(extra), 1, figsize=(9, 8 + 3 * len(extra)), sharex=True)
         ax = axes[0]
         for key, style in (("train_loss", "b-"), ("val_loss", "r-")):
             if any(key in e for e in self.epochs):
@@ -55,6 +60,8 @@ class ProgressLogger:
         ax3.set_ylabel("learning rate")
         lines = ax2.get_legend_handles_labels()[0] + ax3.get_legend_handles_labels()[0]
         ax2.legend(lines, [ln.get_label() for ln in lines], loc="lower right")
+        for draw, ax in zip(extra, axes[2:]):
+            draw(ax, ep)
         fig.tight_layout()
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=80)

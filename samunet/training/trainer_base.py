@@ -45,6 +45,7 @@ class BaseTrainer:
     """Trains one fold. ``fold``: ``0..4``, ``all`` or ``domain_<name>``."""
 
     plans_section = "stage1"  # which part of plans.json holds this trainer's budget
+    wrap_in_ddp = True  # False for trainers that average gradients themselves (see distributed.average_gradients)
 
     def __init__(self, dataset: str | int, fold: str | int, plans_name: str = DEFAULT_PLANS_NAME,
                  device: torch.device | str | None = None, num_epochs: int | None = None,
@@ -67,6 +68,11 @@ class BaseTrainer:
         self.num_iterations_per_epoch = int(num_iterations_per_epoch or cfg["num_iterations_per_epoch"])
         self.num_val_iterations = int(cfg.get("num_val_iterations_per_epoch", 20))
         self.batch_size = int(cfg["batch_size"])
+        # quick runs and tests may shrink the budget further
+        if self.options.get("batch_size"):
+            self.batch_size = int(self.options["batch_size"])
+        if self.options.get("num_val_iterations") is not None:
+            self.num_val_iterations = int(self.options["num_val_iterations"])
         self.seed = seed
         self.output_folder = trainer_output_folder(self.dataset_name, type(self).__name__, plans_name, self.fold)
         self.label_values = list(self.plans["label_values"])
@@ -137,7 +143,7 @@ class BaseTrainer:
         self.network = self.build_network().to(self.device)
         self.loss = self.build_loss()
         self.optimizer, self.scheduler = self.configure_optimizers()
-        self.train_model = dist_utils.wrap_ddp(self.network, self.device)
+        self.train_model = dist_utils.wrap_ddp(self.network, self.device) if self.wrap_in_ddp else self.network
 
     def make_datasets(self) -> None:
         cfg = self.plans[self.plans_section]

@@ -23,10 +23,11 @@ from tqdm import tqdm
 from samunet.sam.box_prompting import PROMPT_MODES, mask_to_low_res, slice_boxes
 from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
 from samunet.sam.registry import build_sam, weights_identity
+from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
+from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.experiment_planning.plan_and_preprocess import data_identifier
 from samunet.preprocessing.preprocessor import load_preprocessed_case
-from samunet.utilities.file_io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +45,14 @@ class DiceBCEWithLogits(torch.nn.Module):
         return bce + (1 - dice).mean()
 
 
-class SAMBoxTrainer(BaseTrainer):
+class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
     """SAMMed (Wang et al.): ResNet boxes -> SAM with a fine-tuned mask decoder."""
 
     plans_section = "sam"
+    wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
     validation_prompt_modes = ["auto", "gt_box", "full_box"]
 
     # ---- configuration ------------------------------------------------------------
-    @property
-    def sam_name(self) -> str:
-        return self.options.get("sam") or self.plans["sam"]["model"]
-
-    @property
-    def sam_checkpoint(self):
-        return self.options.get("sam_checkpoint")
 
     @property
     def prompting(self) -> dict:
@@ -161,7 +156,9 @@ class SAMBoxTrainer(BaseTrainer):
             self.ensure_stage1()
         self.cache = self.make_cache()
         needed = self.split["train"] + self.split["val"] + self.split.get("test", [])
-        self.cache.build(needed, self.sam)
+        # under torchrun every rank encodes its share of the cases, then all wait for the rest
+        self.cache.build(needed, self.sam, part=self.rank, num_parts=self.world_size)
+        dist_utils.barrier()
         source = self.options.get("train_box_source") or self.plans["sam"].get("train_box_source", "stage1")
         self.train_prompts = self.collect_prompts(self.split["train"], source)
         self.val_prompts = self.collect_prompts(self.split["val"], source)
@@ -213,6 +210,7 @@ class SAMBoxTrainer(BaseTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self._forward(batch), batch["target"].to(self.device))
         loss.backward()
+        dist_utils.average_gradients(self.sam.trainable_decoder_parameters())
         self.optimizer.step()
         return float(loss.detach())
 

@@ -1,0 +1,31 @@
+"""What every SAM-stage trainer shares: which backbone, which weights, per-method settings."""
+
+from __future__ import annotations
+
+
+class SAMTrainerMixin:
+    """Mix into a :class:`~samunet.training.trainer_base.BaseTrainer` subclass.
+
+    ``settings_section`` names an optional plans.json section with the method's own
+    settings; :meth:`setting` looks in the trainer options first, then there, then in
+    the class's ``DEFAULTS``.
+    """
+
+    settings_section: str | None = None
+    DEFAULTS: dict = {}
+
+    @property
+    def sam_name(self) -> str:
+        return self.options.get("sam") or self.plans["sam"]["model"]
+
+    @property
+    def sam_checkpoint(self):
+        return self.options.get("sam_checkpoint")
+
+    def setting(self, key: str):
+        if self.options.get(key) is not None:
+            return self.options[key]
+        section = self.plans.get(self.settings_section) or {} if self.settings_section else {}
+        if section.get(key) is not None:
+            return section[key]
+        return self.DEFAULTS[key]

@@ -1,0 +1,277 @@
+"""ClassPromptTrainer (AutoMedSAM): class-prompt encoder, uncertainty-weighted loss, training,
+multi-class prediction from class names."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from samunet.networks.class_prompt_encoder import ClassPromptEncoder, diffusion_noise_std
+from samunet.training.uncertainty_weighted_loss import (TERMS, UncertaintyWeightedLoss, distance_map,
+                                                        shape_distance_loss)
+
+DATASET_ID = 670
+SMALL = {"width": 0.25, "batch_size": 2, "num_val_iterations": 1}  # CPU-sized budget for the tests
+
+
+# ---------------------------------------------------------------------------- the encoder
+@pytest.mark.parametrize("batch", [1, 3])
+def test_encoder_output_shapes(batch):
+    torch.manual_seed(0)
+    enc = ClassPromptEncoder()  # paper widths, T = 100
+    emb = torch.randn(batch, 256, 64, 64)
+    with torch.no_grad():
+        sparse, dense = enc(emb, torch.arange(1, batch + 1, dtype=torch.float32))
+    assert sparse.shape == (batch, 2, 256)
+    assert dense.shape == (batch, 256, 64, 64)
+    assert torch.isfinite(sparse).all() and torch.isfinite(dense).all()
+    # (B, 1) class scalars are accepted too, and the default has no final ReLU: signed outputs
+    with torch.no_grad():
+        sparse2, dense2 = enc(emb, torch.ones(batch, 1), noise=False)
+    assert sparse2.shape == (batch, 2, 256) and dense2.shape == (batch, 256, 64, 64)
+    assert (dense2 < 0).any()
+
+
+def test_encoder_noise_switch_and_seeding():
+    torch.manual_seed(0)
+    enc = ClassPromptEncoder(width=0.25, steps=7).eval()
+    emb, c = torch.randn(2, 256, 64, 64), torch.tensor([1.0, 2.0])
+    with torch.no_grad():
+        a, b = enc(emb, c, noise=False), enc(emb, c, noise=False)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        s1, s2 = enc(emb, c, generator=g1), enc(emb, c, generator=g2)
+        assert torch.equal(s1[1], s2[1])
+        assert not torch.equal(s1[1], a[1])
+        # diffusion: F_I + T c_proj + noise of std sqrt(sum 1/(t+1)^2)
+        c_proj = enc.project_class(c)
+        x = enc.diffuse(emb, c_proj, noise=True, generator=torch.Generator().manual_seed(0))
+        resid = x - emb - 7 * c_proj
+        assert float(resid.std()) == pytest.approx(diffusion_noise_std(7), rel=0.02)
+        loop = ClassPromptEncoder(width=0.25, steps=7, noise_sampling="loop")
+        xl = loop.diffuse(emb, c_proj, noise=True, generator=torch.Generator().manual_seed(0))
+        assert float((xl - emb - 7 * c_proj).std()) == pytest.approx(diffusion_noise_std(7), rel=0.02)
+    assert diffusion_noise_std(100) == pytest.approx(0.80, abs=0.01)
+    with pytest.raises(ValueError):
+        ClassPromptEncoder(attention_activation="tanh")
+
+
+# ---------------------------------------------------------------------------- the loss
+def test_shape_distance_against_hand_computed_case():
+    mask = np.zeros((5, 5), bool)
+    mask[1:4, 1:4] = True
+    # distance of every foreground pixel to the nearest background pixel: 1 on the ring, 2 in the centre
+    d_raw = np.array([[0, 0, 0, 0, 0],
+                      [0, 1, 1, 1, 0],
+                      [0, 1, 2, 1, 0],
+                      [0, 1, 1, 1, 0],
+                      [0, 0, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(distance_map(mask, normalise=False), d_raw)
+    np.testing.assert_allclose(distance_map(mask), d_raw / 2)
+    prob = torch.full((1, 1, 5, 5), 0.5)
+    # normalised: background 16 × 0.5 + ring 8 × |0.5 − 0.5| + centre |1 − 0.5| = 8.5, over Σ M̂ = 12.5
+    f = shape_distance_loss(prob, torch.from_numpy(d_raw / 2)[None, None])
+    assert float(f) == pytest.approx(8.5 / (12.5 + 1e-6), rel=1e-6)
+    # unnormalised: 8 + 8 × 0.5 + 1.5 = 13.5
+    f = shape_distance_loss(prob, torch.from_numpy(d_raw)[None, None])
+    assert float(f) == pytest.approx(13.5 / 12.5, rel=1e-5)
+    # the loss module computes D itself when not given, honouring ``unnormalised``
+    loss = UncertaintyWeightedLoss(unnormalised=True)
+    z = torch.zeros(1, 2, 256), torch.zeros(1, 256, 64, 64)
+    terms = loss.terms(z[0], z[1], z[0], z[1], torch.zeros(1, 1, 5, 5), torch.from_numpy(mask)[None, None].float())
+    assert float(terms[TERMS.index("shape")]) == pytest.approx(13.5 / 12.5, rel=1e-5)
+    assert distance_map(np.zeros((3, 3), bool)).max() == 0  # empty mask: no division by zero
+
+
+def test_uncertainty_loss_decreases_and_lambdas_get_gradients():
+    torch.manual_seed(0)
+    loss = UncertaintyWeightedLoss()
+    assert torch.equal(loss.lambdas.detach(), torch.ones(5))
+    sparse = torch.nn.Parameter(torch.randn(2, 2, 256))
+    dense = torch.nn.Parameter(torch.randn(2, 256, 8, 8))
+    logits = torch.nn.Parameter(torch.randn(2, 1, 16, 16))
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    st, dt = torch.randn(2, 2, 256), torch.randn(1, 256, 8, 8)
+    opt = torch.optim.Adam([sparse, dense, logits, loss.lambdas], lr=0.05)
+    values = []
+    for step in range(5):
+        opt.zero_grad()
+        total = loss(sparse, dense, st, dt, logits, target)
+        total.backward()
+        if step == 0:
+            assert loss.lambdas.grad is not None and (loss.lambdas.grad.abs() > 0).all()
+        opt.step()
+        values.append(float(total.detach()))
+    assert values[-1] < values[0]
+    assert set(loss.last_terms) == set(TERMS)
+    w = loss.term_weights()
+    assert set(w) == set(TERMS) and all(v > 0 for v in w.values())
+
+
+# ---------------------------------------------------------------------------- the trainer
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """Synthetic dataset 670 (labels blob = 1, square = 2), planned once for the module."""
+    from conftest import make_synthetic_raw
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("class_prompt")
+    mp = pytest.MonkeyPatch()
+    roots = {}
+    for var, sub in (("SAMUNET_raw", "raw"), ("SAMUNET_preprocessed", "preprocessed"), ("SAMUNET_results", "results")):
+        (root / sub).mkdir()
+        mp.setenv(var, str(root / sub))
+        roots[sub] = root / sub
+    raw = make_synthetic_raw(roots["raw"], dataset_id=DATASET_ID, n_cases=4, shape=(3, 64, 64), num_labels=2)
+    plan_and_preprocess(DATASET_ID, num_processes=1)
+    yield {"raw_dataset": raw, **roots}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def trainer(planned):
+    from samunet.training.trainers.class_prompt_trainer import ClassPromptTrainer
+
+    t = ClassPromptTrainer(DATASET_ID, 0, device="cpu", num_epochs=1, num_iterations_per_epoch=1, **SMALL)
+    t.initialize()
+    t.make_datasets()  # builds the embedding cache, reused by the other tests of this module
+    return t
+
+
+def test_train_steps_reduce_loss_lambdas_learn_encoders_frozen(trainer):
+    t = trainer
+    assert {lab for _, _, present in t.train_samples for lab in present} == {1, 2}
+    enc_before = {k: v.clone() for k, v in t.sam.image_encoder.state_dict().items()}
+    pe_before = {k: v.clone() for k, v in t.sam.prompt_encoder.state_dict().items()}
+    lam_before = t.loss.lambdas.detach().clone()
+    batch = t._batch(t.train_samples, 2, np.random.default_rng(0), jitter=False)
+    assert batch["embeddings"].shape == (2, 256, 64, 64) and batch["target"].shape == (2, 1, 256, 256)
+    t.options["train_noise"] = False  # a fixed batch needs a fixed input to compare losses
+
+    def loss_now():
+        with torch.no_grad():
+            return float(t._loss(batch, train=True)[0])
+
+    try:
+        before = loss_now()
+        t._epoch_terms = []
+        for _ in range(3):
+            t.train_step(batch)
+        assert loss_now() < before
+    finally:
+        t.options.pop("train_noise")
+    assert not torch.equal(t.loss.lambdas.detach(), lam_before)
+    for k, v in t.sam.image_encoder.state_dict().items():
+        assert torch.equal(v, enc_before[k]), k
+    for k, v in t.sam.prompt_encoder.state_dict().items():
+        assert torch.equal(v, pe_before[k]), k
+    # λ in their own group without weight decay
+    groups = t.optimizer.param_groups
+    assert groups[1]["params"][0] is t.loss.lambdas and groups[1]["weight_decay"] == 0
+    assert groups[0]["weight_decay"] == pytest.approx(0.01) and groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_deterministic_inference_and_class_selection(trainer):
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+    t = trainer
+    case = t.split["val"][0]
+    data, seg, _ = load_preprocessed_case(t.data_folder, case)
+    a = t.predict_preprocessed(data, case=case)
+    b = t.predict_preprocessed(data, case=case, classes=["all"])
+    assert a.shape == (3,) + data.shape[1:]
+    np.testing.assert_array_equal(a, b)
+    assert np.all(a[0] == 0.5) and a[1].max() > 0 and a[2].max() > 0
+    # without the cache (encodes the slices itself) the result is the same
+    np.testing.assert_allclose(t.predict_preprocessed(data), a, atol=2e-3)
+    only = t.predict_preprocessed(data, case=case, classes=["square"])
+    assert np.all(only[1] == 0)
+    np.testing.assert_allclose(only[2], a[2], atol=1e-5)  # batch of 1 vs 2: float rounding only
+    assert set(np.unique(np.argmax(only, 0))) <= {0, 2}
+    with pytest.raises(ValueError, match="unknown class"):
+        t.predict_preprocessed(data, case=case, classes=["liver"])
+    # sampled eval noise is seeded: still reproducible, but different from the noise-free output
+    t.options["eval_noise"] = "sampled"
+    try:
+        s1 = t.predict_preprocessed(data, case=case)
+        s2 = t.predict_preprocessed(data, case=case)
+    finally:
+        t.options.pop("eval_noise")
+    np.testing.assert_array_equal(s1, s2)
+    assert not np.array_equal(s1, a)
+
+
+def test_train_end_to_end_writes_checkpoint_log_and_validation(planned, tmp_path):
+    from samunet.inference.predictor import predict_folder
+    from samunet.run.train import train
+
+    t = train(DATASET_ID, 0, "ClassPromptTrainer", device="cpu", num_epochs=1, num_iterations=2, **SMALL)
+    folder = t.output_folder
+    assert (folder / "checkpoint_final.pth").is_file()
+    assert (folder / "progress.png").is_file()
+    log = json.loads((folder / "training_log.json").read_text())
+    rec = log["epochs"][-1]
+    assert set(rec["loss_weights"]) == set(TERMS) and set(rec["lambdas"]) == set(TERMS)
+    for k in TERMS:
+        assert rec["loss_weights"][k] == pytest.approx(1 / (2 * rec["lambdas"][k] ** 2), rel=1e-5)
+    assert rec["lr"] == pytest.approx(5e-4)  # plateau scheduler stepped on the train loss, no reduction yet
+    assert t.scheduler.last_epoch == 1
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    assert "foreground_mean" in summary
+    assert (folder / "validation_oracle" / "summary.json").is_file()
+    # predictor from raw images with --classes by name: only that label can appear
+    case = summary["metric_per_case"][0]["case"]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(planned["raw_dataset"] / "imagesTr" / f"{case}_0000.nii.gz", inp)
+    predict_folder(inp, tmp_path / "out", DATASET_ID, "ClassPromptTrainer", [0], device="cpu", classes=["blob"],
+                   save_probabilities=True)
+    out = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))
+    ref = sitk.ReadImage(str(planned["raw_dataset"] / "labelsTr" / f"{case}.nii.gz"))
+    assert out.GetSize() == ref.GetSize()
+    assert set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1}
+    probs = np.load(tmp_path / "out" / f"{case}.npz")["probabilities"]
+    assert probs.shape[0] == 3 and np.all(probs[2] == 0)
+
+
+@pytest.mark.slow
+def test_multiclass_prediction_on_prostate(shared_data, samunet_roots, tmp_path):
+    """plan -> train 1 epoch × 2 iterations -> predict_folder with all classes -> a geometry-exact
+    NIfTI label map holding labels ⊆ {0, 1, 2}, with a probability for both classes; --classes PZ
+    restricts the output to label 1."""
+    from conftest import build_raw_from_pairs
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.inference.predictor import predict_folder
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+    from samunet.run.train import train
+
+    src = shared_data / "prostate_runmc6"
+    images = [src / "images" / f"Case0{i}.nii.gz" for i in (0, 1)]
+    masks = [src / "masks" / f"Case0{i}_Segmentation.nii.gz" for i in (0, 1)]
+    raw = build_raw_from_pairs(samunet_roots["raw"], "Dataset671_Prostate2", images, masks)
+    plan_and_preprocess(671, num_processes=1)
+    t = train(671, 0, "ClassPromptTrainer", device="cpu", num_epochs=1, num_iterations=2, skip_validation=True,
+              **SMALL)
+    case = t.split["val"][0]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(raw / "imagesTr" / f"{case}_0000.nii.gz", inp)
+    predict_folder(inp, tmp_path / "out", 671, "ClassPromptTrainer", [0], device="cpu", classes=None,
+                   save_probabilities=True)
+    a = sitk.ReadImage(str(raw / "labelsTr" / f"{case}.nii.gz"))
+    b = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))
+    assert a.GetSize() == b.GetSize()
+    for g in ("GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(a, g)() == pytest.approx(getattr(b, g)(), abs=1e-6)
+    assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1, 2}
+    probs = np.load(tmp_path / "out" / f"{case}.npz")["probabilities"].astype(np.float32)
+    assert probs.shape[0] == 3
+    assert probs[1].max() > 0 and probs[2].max() > 0  # both classes were prompted and decoded
+    # --classes PZ: only label 1 is prompted
+    data, _, _ = load_preprocessed_case(t.data_folder, case)
+    pz = t.predict_preprocessed(data, case=case, classes=["PZ"])
+    assert np.all(pz[2] == 0) and set(np.unique(np.argmax(pz, 0))) <= {0, 1}
