@@ -93,10 +93,30 @@ def _preprocess_for_prediction(args):
     return case, data, seg, props
 
 
+def _load_user_boxes(path) -> dict:
+    """``{case: {slice: {label: [x0, y0, x1, y1]}}}`` from a JSON file, checked."""
+    import json
+
+    try:
+        boxes = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise PredictionError(f"--boxes {path}: cannot be read as JSON ({e})") from None
+    ok = isinstance(boxes, dict) and all(
+        isinstance(per_slice, dict) and all(
+            isinstance(per_label, dict) and all(isinstance(b, list) and len(b) == 4 for b in per_label.values())
+            for per_label in per_slice.values())
+        for per_slice in boxes.values())
+    if not ok:
+        raise PredictionError(
+            f"--boxes {path}: expected {{\"CASE\": {{\"slice\": {{\"label\": [x0, y0, x1, y1]}}}}}}, "
+            "e.g. {\"case_01\": {\"12\": {\"1\": [40, 52, 88, 97]}}}")
+    return boxes
+
+
 def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=(0,), plans_name=DEFAULT_PLANS_NAME,
                    checkpoint_name: str = "checkpoint_final.pth", save_probabilities: bool = False,
                    num_processes: int = 1, device=None, continue_prediction: bool = False, prompt: str | None = None,
-                   labels_folder=None, classes: list[str] | None = None) -> list[Path]:
+                   labels_folder=None, classes: list[str] | None = None, boxes_file=None) -> list[Path]:
     """Predict every case of ``input_folder``. ``prompt`` (SAM trainers): ``auto``, ``gt_box``
     (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
@@ -114,6 +134,7 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     context = {} if prompt is None else {"prompt": prompt}
     if classes:
         context["classes"] = list(classes)
+    user_boxes = _load_user_boxes(boxes_file) if boxes_file else {}
     lab = (lambda c: Path(labels_folder) / f"{c}{fe}") if prompt == "gt_box" else (lambda c: None)
     jobs = [(c, cases[c], plans, dataset_json, lab(c)) for c in todo]
     written = []
@@ -123,7 +144,12 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
         for case, data, seg, props in tqdm(it, total=len(jobs), desc="predicting"):
             probs = None
             for m in models:
-                p = m.predict_preprocessed(data, reference_seg=seg, **context)
+                extra = {}
+                if case in user_boxes:
+                    from samunet.sam.box_prompting import user_boxes_to_preprocessed
+
+                    extra["user_boxes"] = user_boxes_to_preprocessed(user_boxes[case], props)
+                p = m.predict_preprocessed(data, reference_seg=seg, **context, **extra)
                 probs = p if probs is None else probs + p
             probs /= len(models)
             out = output_folder / f"{case}{fe}"
@@ -151,6 +177,9 @@ def main(argv=None) -> None:
     p.add_argument("--prompt", default=None, choices=["auto", "gt_box", "full_box", "unfiltered_box"],
                    help="SAM trainers: where box prompts come from (default auto: stage-1 masks)")
     p.add_argument("--labels", default=None, help="reference label folder for --prompt gt_box")
+    p.add_argument("--boxes", default=None,
+                   help="SAMBoxTrainer: your own boxes, JSON {case: {slice: {label: [x0, y0, x1, y1]}}}; a case "
+                        "listed there is prompted with exactly these boxes, other cases automatically")
     p.add_argument("--classes", nargs="+", default=None,
                    help="ClassPromptTrainer: label names from dataset.json to segment, or 'all' (default all)")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
@@ -160,7 +189,8 @@ def main(argv=None) -> None:
 
     try:
         predict_folder(args.i, args.o, args.d, args.tr, args.f, args.p, args.chk, args.save_probabilities,
-                       args.npp, args.device, args.continue_prediction, args.prompt, args.labels, args.classes)
+                       args.npp, args.device, args.continue_prediction, args.prompt, args.labels, args.classes,
+                       args.boxes)
     except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

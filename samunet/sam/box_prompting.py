@@ -60,3 +60,34 @@ def mask_to_low_res(masks: torch.Tensor, scaled_hw, input_size: int, low_res: in
     if input_size != low_res:
         m = (F.interpolate(m, size=(low_res, low_res), mode="area") > 0.5).float()
     return m
+
+
+def user_boxes_to_preprocessed(case_boxes: dict, props: dict) -> dict[int, dict[int, np.ndarray]]:
+    """Map a user's boxes for one case into the preprocessed slice frame.
+
+    ``case_boxes``: ``{slice_index: {label: [x0, y0, x1, y1]}}`` (JSON keys may be strings)
+    in the input image's pixel grid *after the plan's transpose*: slices along the plan's
+    slice axis, x = last array axis, y = the one before (for the usual transpose
+    ``[0, 1, 2]`` and for 2D images these are simply the image's slice index, column and
+    row; a 2D image has slice 0). Inclusive pixel coordinates, MedSAM convention.
+
+    Crop and in-plane resampling of preprocessing are applied; slices outside the crop are
+    dropped.
+    """
+    (z0, z1), (y0, _), (x0, _) = props["bbox"]
+    cy, cx = props["shape_after_crop"][1:]
+    ry, rx = props["shape_after_resampling"][1:]
+    sy, sx = ry / cy, rx / cx
+    out: dict[int, dict[int, np.ndarray]] = {}
+    for z, per_label in case_boxes.items():
+        zi = int(z) - z0
+        if not 0 <= zi < z1 - z0:
+            continue
+        for label, box in per_label.items():
+            bx0, by0, bx1, by1 = (float(v) for v in box)
+            # pixel centres map as (i + 0.5) * s - 0.5; inclusive maxima stay inclusive
+            mapped = [(bx0 - x0 + 0.5) * sx - 0.5, (by0 - y0 + 0.5) * sy - 0.5,
+                      (bx1 - x0 + 0.5) * sx - 0.5, (by1 - y0 + 0.5) * sy - 0.5]
+            mapped = np.clip(np.round(mapped), 0, [rx - 1, ry - 1, rx - 1, ry - 1]).astype(np.int64)
+            out.setdefault(zi, {})[int(label)] = mapped
+    return out

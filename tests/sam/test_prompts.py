@@ -146,3 +146,16 @@ def test_legacy_mosaic_box_transposed_on_off_diagonal():
     # non-square tiles: legacy adds H*i to x and W*j to y
     np.testing.assert_array_equal(mosaic_box([0, 0, 1, 1], 3, (10, 20), legacy_box_offset=True), [10, 20, 11, 21])
     np.testing.assert_array_equal(mosaic_box([0, 0, 1, 1], 3, (10, 20)), [20, 10, 21, 11])
+
+
+def test_user_boxes_follow_crop_and_resampling():
+    from samunet.sam.box_prompting import user_boxes_to_preprocessed
+
+    props = {"bbox": [[2, 8], [10, 110], [20, 220]], "shape_after_crop": [6, 100, 200],
+             "shape_after_resampling": [6, 100, 200]}
+    out = user_boxes_to_preprocessed({"3": {"1": [30, 40, 60, 90]}, "9": {"1": [0, 0, 5, 5]}}, props)
+    assert list(out) == [1]  # slice 3 -> 1 after the crop; slice 9 lies outside it
+    assert out[1][1].tolist() == [10, 30, 40, 80]
+    half = dict(props, shape_after_resampling=[6, 50, 100])
+    b = user_boxes_to_preprocessed({"3": {"1": [20, 10, 219, 109]}}, half)[1][1]
+    assert b.tolist() == [0, 0, 99, 49]  # the whole cropped slice stays the whole slice

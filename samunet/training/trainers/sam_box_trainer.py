@@ -228,9 +228,14 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
-                             prompt: str = "auto", **context) -> np.ndarray:
+                             prompt: str = "auto", user_boxes: dict | None = None, **context) -> np.ndarray:
         """``(C, Z, Y, X)`` -> ``(K, Z, Y, X)``: channel 0 holds θ2, channel k SAM's probability
-        for label k, so the argmax is the label above θ2 (background otherwise)."""
+        for label k, so the argmax is the label above θ2 (background otherwise).
+
+        ``user_boxes`` ``{z: {label: [x0, y0, x1, y1]}}`` in the preprocessed slice frame
+        (see :func:`samunet.sam.box_prompting.user_boxes_to_preprocessed`) replace the
+        automatic prompts of the case (slices without a user box get none); SAM stays
+        promptable after fine-tuning."""
         if prompt not in PROMPT_MODES:
             raise ValueError(f"unknown prompt mode {prompt!r}; choose one of {PROMPT_MODES}")
         self.sam.eval()
@@ -238,14 +243,17 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         fg = self.foreground_labels
         out = np.zeros((len(fg) + 1, z_count, y, x), dtype=np.float32)
         out[0] = self.prompting["theta2"]
-        probs = self.stage1_fg_probs(data) if prompt in ("auto", "unfiltered_box") else None
+        probs = self.stage1_fg_probs(data) if prompt in ("auto", "unfiltered_box") and user_boxes is None else None
         rng = np.random.default_rng(self.seed if hasattr(self, "seed") else 0) \
             if self.prompting.get("test_time_box_jitter") else None
         cache = getattr(self, "cache", None)
         use_cache = case is not None and cache is not None and cache.is_valid(case)
         for z in range(z_count):
             ref = None if reference_seg is None else np.asarray(reference_seg[0, z])
-            boxes = slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg, self.prompting, rng)
+            if user_boxes is not None:  # the user's boxes are this case's prompts
+                boxes = {int(l): np.asarray(b) for l, b in user_boxes.get(z, {}).items() if int(l) in fg}
+            else:
+                boxes = slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg, self.prompting, rng)
             if not boxes:
                 continue  # no prompt -> empty slice, never a crash
             if use_cache:
