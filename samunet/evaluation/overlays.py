@@ -176,10 +176,10 @@ def plot_overlays(dataset: str | int, trainer: str, fold: str, output_folder: st
                   plans_name: str = DEFAULT_PLANS_NAME) -> list[Path]:
     """Write ``<output_folder>/<case>.png`` for ``cases``, or the ``worst`` N cases by Dice
     (default: the 5 worst). Returns the files written."""
-    from samunet.evaluation.report import resolve_results_dataset
+    from samunet.utilities.dataset_name import resolve_dataset
     from samunet.imageio import reader_writer_for
 
-    name = resolve_results_dataset(dataset)
+    name = resolve_dataset(dataset)
     fold = str(fold)
     model = results_root() / name / f"{trainer}__{plans_name}"
     fold_folder = model / f"fold_{fold}"

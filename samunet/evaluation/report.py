@@ -43,11 +43,12 @@ from typing import Sequence
 
 import numpy as np
 
+from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.paths import results_root
+from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import atomic_path, load_json
 
 METRICS = ("Dice", "NSD")
-DEFAULT_PLANS_NAME = "samunetPlans"
 _SPLIT = re.compile(r"^(validation|test)(?:_([A-Za-z0-9][A-Za-z0-9_\-]*))?$")
 _FOLD = re.compile(r"^fold_(.+)$")
 FIVE_FOLDS = ("0", "1", "2", "3", "4")
@@ -91,25 +92,9 @@ def row_label(trainer: str, plans: str, mode: str | None) -> str:
     return name if mode is None else f"{name} ({mode})"
 
 
-def resolve_results_dataset(dataset: str | int) -> str:
-    """``DatasetXXX_Name`` for an ID or name; also finds datasets that exist only in SAMUNET_results."""
-    from samunet.utilities.dataset_name import resolve_dataset
-
-    try:
-        return resolve_dataset(dataset)
-    except FileNotFoundError:
-        text = str(dataset).strip()
-        hits = sorted(p.name for p in results_root().glob(f"Dataset{int(text):03d}_*")) if text.isdigit() else []
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise ValueError(f"dataset ID {text} is ambiguous in SAMUNET_results: {hits}") from None
-        raise
-
-
 def collect_results(dataset: str | int) -> ResultsTree:
     """Every summary.json of the dataset, and every fold/split that has none."""
-    name = resolve_results_dataset(dataset)
+    name = resolve_dataset(dataset)
     folder = results_root() / name
     if not folder.is_dir():
         raise ReportError(f"no results for {name}: {folder} does not exist. Train a fold first (samunet_train).")

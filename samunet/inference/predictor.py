@@ -32,16 +32,7 @@ def model_folder(dataset: str | int, trainer_name: str, plans_name: str = DEFAUL
     from samunet.paths import results_root
     from samunet.utilities.dataset_name import resolve_dataset
 
-    try:
-        name = resolve_dataset(dataset)
-    except FileNotFoundError:
-        # installed models live only in SAMUNET_results
-        text = str(dataset)
-        hits = sorted(results_root().glob(f"Dataset{int(text):03d}_*")) if text.isdigit() else []
-        if len(hits) != 1:
-            raise
-        name = hits[0].name
-    return results_root() / name / f"{trainer_name}__{plans_name}"
+    return results_root() / resolve_dataset(dataset) / f"{trainer_name}__{plans_name}"
 
 
 def load_fold_models(folder: Path, trainer_name: str, folds, checkpoint_name: str, device):

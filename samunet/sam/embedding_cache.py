@@ -93,6 +93,7 @@ class EmbeddingCache:
         }
         self.dtype = np.dtype(dtype)
         self._maps: dict[str, np.ndarray] = {}
+        self._infos: dict[str, dict] = {}
 
     # ---- validity -----------------------------------------------------------------
     def _check_meta(self) -> None:
@@ -147,6 +148,7 @@ class EmbeddingCache:
         save_json({"source_sha1": sha, "shape": list(emb.shape), "scaled_hw": list(scaled_hw),
                    "slice_hw": list(data.shape[2:])}, self.folder / f"{case}.json")
         self._maps.pop(case, None)
+        self._infos.pop(case, None)
 
     # ---- reading ------------------------------------------------------------------
     def load(self, case: str) -> np.ndarray:
@@ -159,7 +161,10 @@ class EmbeddingCache:
         return self._maps[case]
 
     def info(self, case: str) -> dict:
-        return load_json(self.folder / f"{case}.json")
+        """``CASE.json`` of a cached case (read once; batches ask for it per sample)."""
+        if case not in self._infos:
+            self._infos[case] = load_json(self.folder / f"{case}.json")
+        return self._infos[case]
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.glob("*.npy"))

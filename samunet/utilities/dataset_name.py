@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from samunet.paths import preprocessed_root, raw_root
+from samunet.paths import preprocessed_root, raw_root, results_root
 
 _NAME = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
@@ -28,7 +28,8 @@ def parse_dataset_name(folder_name: str) -> tuple[int, str]:
 def _candidates(dataset_id: int) -> set[str]:
     prefix = f"Dataset{dataset_id:03d}_"
     names: set[str] = set()
-    for root in (raw_root(), preprocessed_root()):
+    # results too: an installed model's dataset may exist nowhere else on this machine
+    for root in (raw_root(), preprocessed_root(), results_root()):
         if root.is_dir():
             names.update(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
     return names
@@ -37,7 +38,7 @@ def _candidates(dataset_id: int) -> set[str]:
 def resolve_dataset(dataset: str | int) -> str:
     """Return the full ``DatasetXXX_Name`` for an ID or name.
 
-    Looks in the raw and preprocessed roots. Raises ``FileNotFoundError`` with the
+    Looks in the raw, preprocessed and results roots. Raises ``FileNotFoundError`` with the
     roots searched, or ``ValueError`` if an ID matches several names.
     """
     text = str(dataset).strip()
@@ -48,8 +49,8 @@ def resolve_dataset(dataset: str | int) -> str:
     names = _candidates(int(text))
     if not names:
         raise FileNotFoundError(
-            f"no dataset with ID {int(text)} in SAMUNET_raw ({raw_root()}) or SAMUNET_preprocessed "
-            f"({preprocessed_root()}). Convert one first (samunet_convert_nifti_pairs / "
+            f"no dataset with ID {int(text)} in SAMUNET_raw ({raw_root()}), SAMUNET_preprocessed "
+            f"({preprocessed_root()}) or SAMUNET_results ({results_root()}). Convert one first (samunet_convert_nifti_pairs / "
             f"samunet_convert_2d_folder) or set the SAMUNET_raw environment variable."
         )
     if len(names) > 1:

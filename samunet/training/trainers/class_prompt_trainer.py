@@ -137,10 +137,6 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         self.progress = ClassPromptProgressLogger()
 
     # ---- configuration ------------------------------------------------------------
-    @property
-    def theta2(self) -> float:
-        return float((self.plans.get("prompting") or {}).get("theta2", 0.5))
-
     def network_config(self) -> dict:
         return {"sam": self.sam_name, "sam_checkpoint": self.sam_checkpoint,
                 **{k: self.setting(k) for k in ("steps", "width", "attention_activation", "final_relu",
@@ -391,8 +387,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         self.sam.eval()
         _, z_count, y, x = data.shape
         fg = self.foreground_labels
-        out = np.zeros((len(fg) + 1, z_count, y, x), dtype=np.float32)
-        out[0] = self.theta2
+        out = self.empty_label_scores(data.shape)
         if not labels:
             return out
         cache = getattr(self, "cache", None)

@@ -119,10 +119,6 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         return m
 
     @property
-    def theta2(self) -> float:
-        return float(self.plans["prompting"]["theta2"])
-
-    @property
     def learning_rate(self) -> float:
         return float(self.setting("lr"))
 
@@ -315,8 +311,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         self.sam.eval()
         _, z_count, y, x = data.shape
         fg = self.foreground_labels
-        out = np.zeros((len(fg) + 1, z_count, y, x), dtype=np.float32)
-        out[0] = self.theta2
+        out = self.empty_label_scores(data.shape)
         cache, fcache = getattr(self, "cache", None), getattr(self, "feature_cache", None)
         use_cache = (case is not None and cache is not None and fcache is not None
                      and cache.is_valid(case) and fcache.is_valid(case))

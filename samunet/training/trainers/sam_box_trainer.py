@@ -241,8 +241,7 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         self.sam.eval()
         _, z_count, y, x = data.shape
         fg = self.foreground_labels
-        out = np.zeros((len(fg) + 1, z_count, y, x), dtype=np.float32)
-        out[0] = self.prompting["theta2"]
+        out = self.empty_label_scores(data.shape)
         probs = self.stage1_fg_probs(data) if prompt in ("auto", "unfiltered_box") and user_boxes is None else None
         rng = np.random.default_rng(self.seed if hasattr(self, "seed") else 0) \
             if self.prompting.get("test_time_box_jitter") else None

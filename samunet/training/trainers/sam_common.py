@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class SAMTrainerMixin:
     """Mix into a :class:`~samunet.training.trainer_base.BaseTrainer` subclass.
@@ -29,3 +31,15 @@ class SAMTrainerMixin:
         if section.get(key) is not None:
             return section[key]
         return self.DEFAULTS[key]
+
+    @property
+    def theta2(self) -> float:
+        return float((self.plans.get("prompting") or {}).get("theta2", 0.5))
+
+    def empty_label_scores(self, data_shape) -> np.ndarray:
+        """``(K, Z, Y, X)`` scores for ``(C, Z, Y, X)`` data: channel 0 holds θ2, foreground
+        channels start at 0 and receive SAM probabilities, so the argmax is the label above θ2."""
+        _, z, y, x = data_shape
+        out = np.zeros((len(self.foreground_labels) + 1, z, y, x), dtype=np.float32)
+        out[0] = self.theta2
+        return out
