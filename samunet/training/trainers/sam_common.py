@@ -15,6 +15,7 @@ class SAMTrainerMixin:
 
     settings_section: str | None = None
     DEFAULTS: dict = {}
+    OPTIONS = frozenset({"sam", "sam_checkpoint"})
 
     @property
     def sam_name(self) -> str:
