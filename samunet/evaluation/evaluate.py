@@ -377,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, nargs="+", help="foreground label values to evaluate (default: all)")
     parser.add_argument("--nsd_only_if_dice_above", type=float, default=None,
                         help="CVPR24 rule: NSD is 0 when Dice <= this value (0.2 there). Off by default.")
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="evaluate only these reference cases (e.g. a fold's validation cases; default: every "
+                             "reference case, a case without prediction is listed as missing)")
     args = parser.parse_args(argv)
 
     try:
@@ -387,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = evaluate_folder(
             args.ref, args.pred, dj, tolerance=args.tolerance, num_processes=args.num_processes,
             output_file=args.output, labels=args.labels, nsd_only_if_dice_above=args.nsd_only_if_dice_above,
+            cases=args.cases,
         )
     except (EvaluationError, DatasetJsonError, ImageReadError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

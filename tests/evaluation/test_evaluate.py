@@ -192,6 +192,10 @@ def test_cli_djfile_and_dataset_id(nifti_folders, tmp_path, capsys, samunet_root
     text = capsys.readouterr().out
     assert "missing predictions (1): c3" in text and "siteA" in text and "foreground mean" in text
     assert strict_load(out)["protocol"]["tolerance"] == 1.0
+    # --cases: only the listed reference cases, so c3 (no prediction) is not reported missing
+    assert main(["-ref", str(ref), "-pred", str(pred), "-djfile", str(djf), "-o", str(out), "--cases", "c1", "c2"]) == 0
+    assert strict_load(out)["missing_predictions"] == []
+    assert sorted(r["case"] for r in strict_load(out)["metric_per_case"]) == ["c1", "c2"]
 
     raw = samunet_roots["raw"] / "Dataset777_Toy"
     raw.mkdir()
