@@ -10,6 +10,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """samunet must work offline: every test runs with non-local sockets blocked (tests/network_guard.py)."""
+    from network_guard import block_network
+
+    unblock = block_network()
+    yield
+    unblock()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; tests needing it skip when it is absent."""

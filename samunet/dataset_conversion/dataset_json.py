@@ -67,12 +67,39 @@ def load_dataset_json(raw_folder: str | Path) -> dict:
         raise DatasetJsonError(f"{path}: not found. Every raw dataset needs a dataset.json (see documentation/dataset_format.md).")
     try:
         with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+            d = json.load(f, object_pairs_hook=_object_without_duplicate_keys)
     except json.JSONDecodeError as e:
         raise DatasetJsonError(f"{path}: is not valid JSON ({e}). Fix the syntax.") from None
     except UnicodeDecodeError:
-        raise DatasetJsonError(f"{path}: is not UTF-8 text.") from None
+        raise DatasetJsonError(f"{path}: is not UTF-8 text. Save it as UTF-8.") from None
+    except _DuplicateKey as e:
+        raise DatasetJsonError(
+            f"{path}: key {e.args[0]!r} appears twice in one object (JSON readers silently keep only the last "
+            "one). Remove or merge the duplicate."
+        ) from None
     validate_dataset_json(d, path)
+    return d
+
+
+_KEY_TYPES = {dict: "an object", int: "an integer", str: "a string"}
+_KEY_EXAMPLES = {
+    "channel_names": '"channel_names": {"0": "MRI"}',
+    "labels": '"labels": {"background": 0, "tumour": 1}',
+    "numTraining": '"numTraining": 20 (the number of cases in imagesTr)',
+    "file_ending": '"file_ending": ".nii.gz"',
+}
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    d = {}
+    for key, value in pairs:
+        if key in d:
+            raise _DuplicateKey(key)
+        d[key] = value
     return d
 
 
@@ -84,11 +111,12 @@ def validate_dataset_json(d: object, path: str | Path = "dataset.json") -> None:
         if key not in d:
             # nnU-Net v1 used "modality" for channel names
             if key == "channel_names" and "modality" in d:
-                problems.append(f'key "channel_names" missing (found nnU-Net v1 "modality": rename it to "channel_names")')
+                problems.append('key "channel_names" missing (found nnU-Net v1 "modality": rename it to "channel_names")')
             else:
-                problems.append(f'key "{key}" missing')
+                problems.append(f'key "{key}" missing: add it, e.g. {_KEY_EXAMPLES[key]}')
         elif not isinstance(d[key], typ) or (typ is int and isinstance(d[key], bool)):
-            problems.append(f'"{key}" must be a {typ.__name__}, found {type(d[key]).__name__} {d[key]!r}')
+            problems.append(f'"{key}" must be {_KEY_TYPES[typ]}, found {type(d[key]).__name__} {d[key]!r}: '
+                            f'write it as {_KEY_EXAMPLES[key]}')
     if isinstance(d.get("channel_names"), dict):
         cn = d["channel_names"]
         if not cn:

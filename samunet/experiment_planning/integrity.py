@@ -15,29 +15,29 @@ Checked:
 * channel files: ``CASE_0000`` ... without gaps, no index beyond ``channel_names``, and
   the total number of channels read (an RGB file counts as three) equals
   ``len(channel_names)``;
-* every file is readable (not empty, not corrupt, no NaN/Inf; ``.gz`` streams complete);
+* every file is readable (not empty, not corrupt, no NaN/Inf; ``.gz`` streams complete;
+  within the memory budget) and no image is constant;
 * channels and label share shape and, for SimpleITK/nibabel files, spacing, origin
   and direction (natural 2D images: shape only);
 * all cases have the same dimensionality (a 3D image with a single slice is 3D);
 * label values are declared in ``labels``; at least one label map has foreground;
 * ``domains`` (if present) names only existing cases and assigns *every* case: a case
   without a domain is an error, because domain-wise folds need every case assigned.
+
+This module holds the dataset-level checks (dataset.json, file lists, case ids, labels,
+domains); reading each case and comparing its grids is in
+:mod:`samunet.experiment_planning.case_integrity`.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
-import multiprocessing
 import sys
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from samunet.dataset_conversion.dataset_json import (
     DatasetJsonError,
@@ -45,15 +45,27 @@ from samunet.dataset_conversion.dataset_json import (
     label_values,
     load_dataset_json,
 )
-from samunet.imageio import ImageReadError, reader_writer_for
+# per-case reading and geometry checks live in case_integrity; re-exported here
+from samunet.experiment_planning.case_integrity import (
+    GEOMETRY_TOLERANCE,
+    CaseTask,
+    Problem,
+    check_cases,
+    rel_path as _rel,
+    strip_path as _strip_path,
+)
+from samunet.imageio import reader_writer_for
 
 logger = logging.getLogger(__name__)
 
 # files created by operating systems / file managers; never worth a complaint
 IGNORED_FILE_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
-# relative tolerance for geometry comparisons: |a - b| <= GEOMETRY_TOLERANCE * max(1, |a|, |b|)
-GEOMETRY_TOLERANCE = 1e-4
 _MAX_LISTED = 10
+
+__all__ = [
+    "DatasetIntegrityError", "GEOMETRY_TOLERANCE", "IGNORED_FILE_NAMES", "IntegrityReport", "Problem",
+    "check_dataset_integrity", "format_error", "main", "verify_dataset_integrity",
+]
 
 
 class DatasetIntegrityError(ValueError):
@@ -62,16 +74,6 @@ class DatasetIntegrityError(ValueError):
     def __init__(self, message: str, report: "IntegrityReport | None" = None):
         super().__init__(message)
         self.report = report
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str  # relative to the raw folder where possible
-    message: str  # what is wrong and how to fix it
-    case: str | None = None
-
-    def format(self) -> str:
-        return f"{self.file}: {self.message}"
 
 
 @dataclass
@@ -91,268 +93,10 @@ class IntegrityReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _rel(path: str | Path, root: Path) -> str:
-    p = Path(path)
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
-
-
-def _fmt(values: Iterable[float]) -> str:
-    vals = [float(v) for v in values]
-    return "(" + ", ".join(f"{v:.6g}" for v in vals) + ("," if len(vals) == 1 else "") + ")"
-
-
-def _close(a: Sequence[float], b: Sequence[float]) -> bool:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        return False
-    scale = np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
-    return bool(np.all(np.abs(a - b) <= GEOMETRY_TOLERANCE * scale))
-
-
 def _list_names(names: Sequence[str]) -> str:
     names = list(names)
     shown = ", ".join(names[:_MAX_LISTED])
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
-
-
-def _strip_path(message: str, path: str | Path) -> str:
-    """Reader errors start with ``"<path>: "``; drop it, the Problem names the file."""
-    prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
-
-
-# --------------------------------------------------------------------------- per-case worker
-
-
-@dataclass(frozen=True)
-class _CaseTask:
-    raw_folder: str
-    case: str
-    channel_files: tuple[tuple[int, str], ...]  # (channel index, absolute path), sorted
-    label_file: str | None
-    file_ending: str
-    overwrite_io: str | None
-    channel_names: tuple[str, ...]
-
-
-@dataclass
-class _CaseResult:
-    case: str
-    problems: list[Problem]
-    label_values: set[int] | None  # None when the label was not read
-    label_file: str | None  # relative
-    dimension: int | None  # of the image (2 or 3), None when unreadable
-
-
-def _geometry(props: dict) -> dict:
-    """Dimension plus whatever geometry the reader provides (natural images: none)."""
-    if "sitk_geometry" in props:
-        g = props["sitk_geometry"]
-        return {
-            "dimension": int(g["dimension"]),
-            "spacing": list(g["spacing"]),
-            "origin": list(g["origin"]),
-            "direction": list(g["direction"]),
-        }
-    if "nibabel_affine" in props:
-        # split the affine like SimpleITK does: spacing (x, y, z) = column norms, direction, origin
-        affine = np.asarray(props["nibabel_affine"], dtype=float)
-        m = affine[:3, :3]
-        norms = np.linalg.norm(m, axis=0)
-        safe = np.where(norms > 0, norms, 1.0)
-        return {
-            "dimension": int(props["nibabel_ndim"]),
-            "spacing": norms.tolist(),
-            "origin": affine[:3, 3].tolist(),
-            "direction": (m / safe).ravel().tolist(),
-        }
-    return {"dimension": 2}
-
-
-def _compare_grids(
-    what_file: str, what: dict, ref_file: str, ref: dict, fix: str, case: str
-) -> list[Problem]:
-    """Problems of ``what`` (shape + geometry) relative to the reference grid."""
-    if what["dimension"] != ref["dimension"]:
-        return [
-            Problem(
-                what_file,
-                f"is {what['dimension']}D but {ref_file} is {ref['dimension']}D; {fix}",
-                case,
-            )
-        ]
-    if tuple(what["shape"]) != tuple(ref["shape"]):
-        return [
-            Problem(
-                what_file,
-                f"array shape {tuple(what['shape'])} differs from {ref_file} {tuple(ref['shape'])}; {fix}",
-                case,
-            )
-        ]
-    problems = []
-    for key in ("spacing", "origin", "direction"):
-        if key in what and key in ref and not _close(what[key], ref[key]):
-            problems.append(
-                Problem(what_file, f"{key} {_fmt(what[key])} differs from {ref_file} {_fmt(ref[key])}; {fix}", case)
-            )
-    return problems
-
-
-def _gzip_error(path: str | Path) -> str | None:
-    """SimpleITK reads a truncated ``.gz`` without complaint (zero-filling the rest): check the stream."""
-    if not str(path).lower().endswith(".gz") or not Path(path).is_file() or Path(path).stat().st_size == 0:
-        return None
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
-    except (EOFError, OSError, zlib.error) as e:
-        return (
-            f"gzip stream is truncated or corrupt ({e}); readers may silently fill the missing part with zeros. "
-            "Re-export or re-copy the file."
-        )
-    return None
-
-
-def _nifti_nonfinite(path: str | Path) -> int:
-    """Number of NaN/Inf voxels of a floating-point NIfTI, read with nibabel.
-
-    ITK's NIfTI reader (SimpleITK 2.5 / ITK 5.4) turns NaN and Inf into 0 without a
-    word, so the SimpleITK reader cannot see them; integer files cannot hold them.
-    """
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        if not np.issubdtype(img.header.get_data_dtype(), np.floating):
-            return 0
-        data = np.asanyarray(img.dataobj)
-    except Exception:  # the actual reader reports unreadable files
-        return 0
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
-
-
-def _read(io, path: str, seg: bool):
-    """Read one file; raise ImageReadError (also for a damaged gzip stream or NaN/Inf in NIfTI)."""
-    err = _gzip_error(path)
-    if err:
-        raise ImageReadError(f"{path}: {err}")
-    out = io.read_seg(path) if seg else io.read_images([path])
-    if out[1].get("io") == "SimpleITKIO" and str(path).lower().endswith((".nii", ".nii.gz")):
-        n = _nifti_nonfinite(path)
-        if n:
-            what = "label map" if seg else "image"
-            raise ImageReadError(
-                f"{path}: {n} voxels of the {what} are NaN or Inf (SimpleITK would silently read them as 0). "
-                "Replace them (e.g. with the image minimum) before using samunet."
-            )
-    return out
-
-
-def _check_case(task: _CaseTask) -> _CaseResult:
-    """Read one case and return its problems. Top-level so that spawned workers can use it."""
-    root = Path(task.raw_folder)
-    io = reader_writer_for(task.file_ending, task.overwrite_io)
-    case = task.case
-    n_expected = len(task.channel_names)
-    problems: list[Problem] = []
-
-    def rel(p):
-        return _rel(p, root)
-
-    def image_path(index: int) -> str:
-        return f"imagesTr/{case}_{index:04d}{task.file_ending}"
-
-    files = dict(task.channel_files)
-    for idx in sorted(i for i in files if i >= n_expected):
-        problems.append(
-            Problem(
-                rel(files[idx]),
-                f"extra channel file: channel_names lists {n_expected} channel(s) "
-                f"({', '.join(task.channel_names)}), so indices stop at _{n_expected - 1:04d}; "
-                "remove the file or add the channel to channel_names",
-                case,
-            )
-        )
-    valid = {i: f for i, f in files.items() if i < n_expected}
-    gaps = [i for i in range(max(valid) + 1 if valid else 1) if i not in valid]
-    for idx in gaps:
-        problems.append(
-            Problem(
-                image_path(idx),
-                f"missing channel file of case {case} (channel {idx} "
-                f"'{task.channel_names[idx]}'); add it or fix the numbering of the case's files",
-                case,
-            )
-        )
-
-    # read each channel file on its own: per-file errors and per-file channel counts
-    grids: list[tuple[str, dict, int]] = []  # (relative file, grid, number of channels)
-    unreadable = False
-    for idx in sorted(valid):
-        f = valid[idx]
-        try:
-            data, props = _read(io, f, seg=False)
-        except ImageReadError as e:
-            problems.append(Problem(rel(f), _strip_path(str(e), f), case))
-            unreadable = True
-            continue
-        grid = _geometry(props)
-        grid["shape"] = tuple(int(s) for s in data.shape[1:])
-        grids.append((rel(f), grid, int(data.shape[0])))
-        del data
-
-    if grids and not unreadable and not gaps:
-        total = sum(n for _, _, n in grids)
-        if total < n_expected:
-            last = max(valid)
-            missing = [image_path(i) for i in range(last + 1, last + 1 + n_expected - total)]
-            problems.append(
-                Problem(
-                    missing[0],
-                    f"missing: channel_names lists {n_expected} channel(s) ({', '.join(task.channel_names)}) "
-                    f"but case {case} has {total} (in {', '.join(g[0] for g in grids)}); "
-                    f"add {', '.join(Path(m).name for m in missing)}",
-                    case,
-                )
-            )
-        elif total > n_expected:
-            multi = [g for g in grids if g[2] > 1]
-            culprit = multi[0] if multi else grids[-1]
-            problems.append(
-                Problem(
-                    culprit[0],
-                    f"case {case} has {total} channels ({culprit[0]} holds {culprit[2]}) but channel_names "
-                    f"lists {n_expected} ({', '.join(task.channel_names)}); list every channel in channel_names "
-                    "(an RGB file counts as 3, e.g. R, G, B) or convert the file to one channel",
-                    case,
-                )
-            )
-
-    ref_file, ref = (grids[0][0], grids[0][1]) if grids else (None, None)
-    for f, g, _ in grids[1:]:
-        problems.extend(_compare_grids(f, g, ref_file, ref, f"resample the channel onto the grid of {ref_file}", case))
-
-    values: set[int] | None = None
-    label_rel = rel(task.label_file) if task.label_file else None
-    if task.label_file is not None:
-        try:
-            seg, props = _read(io, task.label_file, seg=True)
-        except ImageReadError as e:
-            problems.append(Problem(label_rel, _strip_path(str(e), task.label_file), case))
-        else:
-            values = {int(v) for v in np.unique(seg)}
-            grid = _geometry(props)
-            grid["shape"] = tuple(int(s) for s in seg.shape[1:])
-            del seg
-            if ref is not None:
-                problems.extend(
-                    _compare_grids(label_rel, grid, ref_file, ref, "resample the label onto the image grid", case)
-                )
-    return _CaseResult(case, problems, values, label_rel, ref["dimension"] if ref else None)
 
 
 # --------------------------------------------------------------------------- folder scanning
@@ -392,6 +136,18 @@ def _scan_images(folder: Path, root: Path, file_ending: str) -> tuple[dict[str, 
     return cases, problems
 
 
+def _other_file_ending(folder: Path, file_ending: str) -> str | None:
+    """The one supported ending that every file in ``folder`` has, when it is not ``file_ending``."""
+    from samunet.imageio import READERS_WRITERS
+
+    endings = sorted({e for cls in READERS_WRITERS.values() for e in cls.supported_file_endings}, key=len, reverse=True)
+    names = [p.name for p in folder.iterdir() if p.is_file() and p.name not in IGNORED_FILE_NAMES]
+    if not names or any(n.endswith(file_ending) for n in names):
+        return None
+    found = {next((e for e in endings if n.lower().endswith(e)), None) for n in names}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
 def _scan_labels(folder: Path, root: Path, file_ending: str) -> tuple[dict[str, str], list[Problem]]:
     cases: dict[str, str] = {}
     problems: list[Problem] = []
@@ -412,17 +168,6 @@ def _scan_labels(folder: Path, root: Path, file_ending: str) -> tuple[dict[str, 
         else:
             cases[p.name[: -len(file_ending)]] = str(p)
     return cases, problems
-
-
-def _run_cases(tasks: list[_CaseTask], num_processes: int) -> list[_CaseResult]:
-    from tqdm import tqdm
-
-    bar = dict(total=len(tasks), desc="checking cases", unit="case", disable=None)
-    if num_processes > 1 and len(tasks) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(tasks))) as pool:
-            return list(tqdm(pool.imap(_check_case, tasks), **bar))
-    return [_check_case(t) for t in tqdm(tasks, **bar)]
 
 
 # --------------------------------------------------------------------------- public API
@@ -454,6 +199,13 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
     if not labels_dir.is_dir():
         problems.append(Problem("labelsTr", f"folder missing; put the training labels (CASE{fe}) there"))
     if not images_dir.is_dir():
+        return report
+    other = _other_file_ending(images_dir, fe)
+    if other:
+        problems.append(
+            Problem("dataset.json", f"file_ending is {fe!r} but every file in imagesTr ends in {other!r}; "
+                                    f"set file_ending to {other!r}")
+        )
         return report
 
     image_cases, p = _scan_images(images_dir, root, fe)
@@ -536,7 +288,7 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
 
     channel_names = tuple(str(dj["channel_names"][k]) for k in sorted(dj["channel_names"], key=int))
     tasks = [
-        _CaseTask(
+        CaseTask(
             raw_folder=str(root),
             case=case,
             channel_files=tuple(sorted(image_cases[case].items())),
@@ -547,7 +299,7 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
         )
         for case in sorted(image_cases)
     ]
-    results = _run_cases(tasks, max(1, int(num_processes)))
+    results = check_cases(tasks, max(1, int(num_processes)))
     for r in results:
         problems.extend(r.problems)
 

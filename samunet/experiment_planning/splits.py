@@ -133,7 +133,14 @@ def load_fold(preprocessed_folder: Path, fold: str | int) -> dict:
         f = preprocessed_folder / "splits_domains.json"
         splits = load_json(f) if f.is_file() else {}
         if fold not in splits:
-            raise KeyError(f"no fold {fold!r} in {f}; available: {sorted(splits) or 'none (dataset.json has no domains)'}")
+            why = ""
+            dj = preprocessed_folder / "dataset.json"
+            domains = (load_json(dj).get("domains") or {}) if dj.is_file() else {}
+            reason = domain_holdout_splits(domains)[1].get(fold[len("domain_"):]) if domains else None
+            if reason:
+                why = f" because {reason}; add cases of that domain and rerun samunet_plan_and_preprocess --new_splits"
+            raise KeyError(f"no fold {fold!r} in {f}{why}; available: "
+                           f"{sorted(splits) or 'none (dataset.json has no domains)'}")
         return splits[fold]
     splits = load_json(preprocessed_folder / "splits_final.json")
     if fold == "all":

@@ -16,6 +16,8 @@ import numpy as np
 
 # Spacing given to the (absent) slice axis of 2D images, as nnU-Net does.
 SPACING_2D_SLICE_AXIS = 999.0
+# float32 copies of an image held while preprocessing or predicting it (memory budget check)
+WORKING_COPIES = 6
 
 
 class ImageReadError(RuntimeError):
@@ -45,6 +47,27 @@ class ImageIO(ABC):
         return cls.__name__
 
 
+def check_memory_budget(file: str | os.PathLike, size: Sequence[int], components: int = 1) -> None:
+    """Refuse, from the header alone, an image too big to process within the memory budget.
+
+    ``size`` is the voxel grid as the header gives it, ``components`` the channels per voxel.
+    Preprocessing and prediction hold about ``WORKING_COPIES`` float32 copies of an image
+    (read, cropped, normalised, resampled, class probabilities).
+    """
+    from samunet.utilities.resources import format_bytes, memory_budget_bytes
+
+    voxels = int(np.prod([int(s) for s in size], dtype=np.float64)) * max(1, int(components))
+    need = voxels * 4 * WORKING_COPIES
+    budget, how = memory_budget_bytes()
+    if need > budget:
+        dims = " x ".join(str(int(s)) for s in size) + (f" x {components} channels" if components > 1 else "")
+        raise ImageReadError(
+            f"{file}: refused, the image is too big: {dims} voxels need about {format_bytes(need)} to process "
+            f"({WORKING_COPIES} float32 copies), more than the memory budget of {format_bytes(budget)} ({how}). "
+            "Crop or downsample the image first, or raise the budget on a machine with more memory."
+        )
+
+
 def check_finite(data: np.ndarray, file: str | os.PathLike) -> None:
     if not np.all(np.isfinite(data)):
         n = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
@@ -66,5 +89,8 @@ def as_label_array(arr: np.ndarray, file: str | os.PathLike) -> np.ndarray:
             )
         arr = rounded
     if arr.size and (arr.min() < 0 or arr.max() > 32767):
-        raise ImageReadError(f"{file}: label values must lie in 0..32767, found {arr.min()}..{arr.max()}")
+        raise ImageReadError(
+            f"{file}: label values must lie in 0..32767, found {arr.min()}..{arr.max()}. Renumber the label map "
+            "(background 0, labels 1, 2, ...)."
+        )
     return arr.astype(np.int16, copy=False)

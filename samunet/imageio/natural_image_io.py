@@ -13,8 +13,38 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from samunet.imageio.base import SPACING_2D_SLICE_AXIS, ImageIO, ImageReadError, as_label_array
+from samunet.imageio.base import SPACING_2D_SLICE_AXIS, ImageIO, ImageReadError, as_label_array, check_memory_budget
 from samunet.utilities.file_io import atomic_path
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"  # the last chunk's type and CRC
+
+
+def _check_png(path: Path) -> None:
+    """Refuse what Pillow would read wrongly without a word.
+
+    * a PNG cut after its image data but before the closing IEND chunk (Pillow reads it);
+    * a 16-bit RGB(A) or grey+alpha PNG, which Pillow reads as 8 bits per channel.
+    """
+    with open(path, "rb") as f:
+        head = f.read(26)
+        if head[:8] != _PNG_SIGNATURE:
+            return
+        f.seek(max(0, path.stat().st_size - 64))
+        tail = f.read()
+    if _PNG_IEND not in tail:
+        raise ImageReadError(f"{path}: the PNG is truncated (it has no closing IEND chunk). Re-export or re-copy it.")
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        return  # Pillow reports the damage
+    bit_depth, colour_type = head[24], head[25]
+    if bit_depth == 16 and colour_type in (2, 4, 6):  # RGB, grey+alpha, RGBA
+        raise ImageReadError(
+            f"{path}: is a 16-bit {'grey+alpha' if colour_type == 4 else 'colour'} PNG, which Pillow can only read as "
+            "8 bits per channel (the low bits would be silently lost). Save it as 8-bit RGB or 16-bit grey without "
+            "alpha, or save each channel as a 16-bit grey PNG "
+            "(CASE_0000.png, CASE_0001.png, ...)."
+        )
 
 
 def read_natural_image(file: str | os.PathLike) -> np.ndarray:
@@ -24,8 +54,10 @@ def read_natural_image(file: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{path}: file not found.")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes). Re-export or re-copy it.")
+    _check_png(path)
     try:
         with Image.open(path) as im:
+            check_memory_budget(path, im.size[::-1], len(im.getbands()))
             im.load()
             mode = im.mode
             if mode == "P":
@@ -35,6 +67,8 @@ def read_natural_image(file: str | os.PathLike) -> np.ndarray:
                 im = im.convert("RGBA")
                 mode = "RGBA"
             arr = np.array(im)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused, the image is too big ({e}). Crop or downsample it first.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageReadError(f"{path}: could not be read as an image ({e}). The file is corrupt or truncated.") from None
     if arr.ndim == 3 and arr.shape[2] == 4:

@@ -14,7 +14,14 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from samunet.imageio.base import SPACING_2D_SLICE_AXIS, ImageIO, ImageReadError, as_label_array, check_finite
+from samunet.imageio.base import (
+    SPACING_2D_SLICE_AXIS,
+    ImageIO,
+    ImageReadError,
+    as_label_array,
+    check_finite,
+    check_memory_budget,
+)
 from samunet.utilities.file_io import atomic_path
 
 
@@ -29,7 +36,10 @@ class NibabelIO(ImageIO):
             raise ImageReadError(f"{path}: file is empty (0 bytes). Re-export or re-copy it.")
         try:
             img = nib.load(str(path))
+            check_memory_budget(path, img.header.get_data_shape()[::-1])
             arr = np.asanyarray(img.dataobj)
+        except ImageReadError:
+            raise
         except Exception as e:  # nibabel raises many types for corrupt files
             raise ImageReadError(
                 f"{path}: could not be read ({type(e).__name__}: {e}). The file is corrupt or truncated."

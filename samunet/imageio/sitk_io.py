@@ -9,7 +9,14 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from samunet.imageio.base import SPACING_2D_SLICE_AXIS, ImageIO, ImageReadError, as_label_array, check_finite
+from samunet.imageio.base import (
+    SPACING_2D_SLICE_AXIS,
+    ImageIO,
+    ImageReadError,
+    as_label_array,
+    check_finite,
+    check_memory_budget,
+)
 from samunet.utilities.file_io import atomic_path
 
 
@@ -25,8 +32,9 @@ def check_nifti_gz_complete(path: Path) -> None:
     """Refuse a truncated ``.nii.gz``: SimpleITK reads it silently and fills the rest with zeros.
 
     Cheap first test: the gzip trailer stores the uncompressed size (mod 2**32), which should
-    equal the header's data offset plus the voxel data size. Only when it does not is the
-    whole stream decompressed (CRC-checked) to decide, so valid files are never refused.
+    equal the header's data offset plus the voxel data size. Only when it does not (or the
+    header cannot be parsed) is the whole stream decompressed (CRC-checked) to decide, so
+    valid files are never refused.
     """
     import gzip
     import zlib
@@ -38,26 +46,45 @@ def check_nifti_gz_complete(path: Path) -> None:
         offset = int(header["vox_offset"])
         offset = max(offset, int(header["sizeof_hdr"]) + 4)  # vox_offset 0 means "right after the header"
         expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    except Exception:  # not parseable: SimpleITK's own error is clearer
-        return
-    with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        isize = int.from_bytes(f.read(4), "little")
-    if isize == expected % 2**32:
-        return
+    except Exception:  # header unreadable (e.g. cut inside it): decide from the gzip stream alone
+        expected = None
+    if expected is not None and path.stat().st_size >= 4:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")
+        if isize == expected % 2**32:
+            return
     try:
         n = 0
         with gzip.open(path, "rb") as g:
             while chunk := g.read(1 << 22):
                 n += len(chunk)
-        if n >= expected:
-            return
-    except (OSError, EOFError, zlib.error):
-        pass
-    raise ImageReadError(
-        f"{path}: the file is truncated or corrupt (its compressed stream does not hold the "
-        f"{expected} bytes its header announces). Re-export or re-copy it."
-    )
+    except (OSError, EOFError, zlib.error) as e:
+        raise ImageReadError(
+            f"{path}: the file is truncated or corrupt (its gzip stream is damaged: {e}). Re-export or re-copy it."
+        ) from None
+    if expected is not None and n < expected:
+        raise ImageReadError(
+            f"{path}: the file is truncated or corrupt (its compressed stream does not hold the "
+            f"{expected} bytes its header announces). Re-export or re-copy it."
+        )
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Refuse an uncompressed ``.nii`` shorter than its header announces (SimpleITK zero-fills it)."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        offset = max(int(header["vox_offset"]), int(header["sizeof_hdr"]) + 4)
+        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    except Exception:  # not parseable: SimpleITK's own error is clearer
+        return
+    size = path.stat().st_size
+    if size < expected:
+        raise ImageReadError(
+            f"{path}: the file is truncated ({size} bytes, its header announces {expected}). Re-export or re-copy it."
+        )
 
 
 def read_sitk(file: str | os.PathLike) -> sitk.Image:
@@ -67,10 +94,26 @@ def read_sitk(file: str | os.PathLike) -> sitk.Image:
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes). Re-export or re-copy it.")
     if path.name.lower().endswith(".nii.gz"):
-        check_nifti_gz_complete(path)
+        sibling = path.with_name(path.name[: -len(".gz")])
+        if sibling.exists():
+            # ITK's NIfTI reader, asked for X.nii.gz, reads the voxels of X.nii when that exists
+            raise ImageReadError(
+                f"{path}: {sibling.name} lies beside it, and SimpleITK would silently read that file's voxels "
+                f"instead. Remove or rename {sibling.name}."
+            )
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only
+        check_memory_budget(path, reader.GetSize()[::-1], reader.GetNumberOfComponents())
+        if path.name.lower().endswith(".nii.gz"):
+            check_nifti_gz_complete(path)
+        elif path.name.lower().endswith(".nii"):
+            check_nifti_complete(path)
+        return reader.Execute()
     except RuntimeError as e:
+        if isinstance(e, ImageReadError):
+            raise
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
         raise ImageReadError(
             f"{path}: could not be read ({first}). The file is corrupt or truncated: re-export or re-copy it."

@@ -30,7 +30,7 @@ from samunet.preprocessing.resampling import (
     resample_probabilities_inplane,
     resample_seg_inplane,
 )
-from samunet.utilities.file_io import load_json, save_json, save_npz
+from samunet.utilities.file_io import load_json, npz_is_complete, remove_stale_temp_files, save_json, save_npz
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,12 @@ def case_is_done(output_folder: Path, case: str, plans_hash: str) -> bool:
     if not (js.is_file() and npz.is_file()):
         return False
     try:
-        return load_json(js).get("plans_hash") == plans_hash
+        if load_json(js).get("plans_hash") != plans_hash:
+            return False
     except (ValueError, OSError):
         return False
+    # written atomically, but a copy or a full disk may still have cut it short: redo it then
+    return npz_is_complete(npz, ("data",))
 
 
 def run_case(case: str, image_files, seg_file, plans: dict, dataset_json: dict, output_folder: str, plans_hash: str) -> str:
@@ -117,6 +120,8 @@ def run_case(case: str, image_files, seg_file, plans: dict, dataset_json: dict, 
     json_path = output_folder / f"{case}.json"
     if json_path.exists():
         os.remove(json_path)  # invalidate before replacing the arrays
+    for name in (f"{case}.npz", f"{case}.json"):  # left by a killed run; only this process writes this case
+        remove_stale_temp_files(output_folder / name)
     save_npz(output_folder / f"{case}.npz", **arrays)
     save_json(props, json_path)
     return case

@@ -55,5 +55,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as e:  # unpickling errors, truncated zip archives, ...
         raise CheckpointError(
             f"{path}: could not be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "The file is truncated, not a samunet checkpoint, or contains code (refused for safety)."
+            "The file is truncated, not a samunet checkpoint, or contains code (refused for safety). Replace it "
+            "with an intact copy, or delete it (samunet_train --c then starts the fold from scratch)."
         ) from None

@@ -18,11 +18,20 @@ from samunet.utilities.file_io import atomic_path, load_json, load_npz
 logger = logging.getLogger(__name__)
 
 
+def _npy_is_complete(path: Path) -> bool:
+    """The ``.npy`` header parses and the file holds all the bytes it announces."""
+    try:
+        np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError):
+        return False
+    return True
+
+
 def unpack_case(folder: Path, case: str) -> None:
     """Write ``CASE.data.npy`` and ``CASE.seg.npy`` beside ``CASE.npz`` unless up to date."""
     npz = folder / f"{case}.npz"
     targets = [folder / f"{case}.data.npy", folder / f"{case}.seg.npy"]
-    if all(t.is_file() and t.stat().st_mtime_ns >= npz.stat().st_mtime_ns for t in targets):
+    if all(t.is_file() and t.stat().st_mtime_ns >= npz.stat().st_mtime_ns and _npy_is_complete(t) for t in targets):
         return
     arrays = load_npz(npz)
     for key, target in zip(("data", "seg"), targets):

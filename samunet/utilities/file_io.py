@@ -3,9 +3,12 @@ is renamed, so a killed process never leaves a half-written file under the final
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +38,19 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temp_files(final: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_path` left beside ``final`` when a process was
+    killed mid-write (hidden ``.NAME.*.tmp*`` files, never read). Call it only where no other
+    process can be writing ``final`` at the same time. Returns how many were removed."""
+    final = Path(final)
+    removed = 0
+    if final.parent.is_dir():
+        for p in final.parent.glob(f".{glob.escape(final.name)}.*.tmp*"):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
@@ -70,7 +86,44 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+class CorruptFileError(ValueError):
+    """A file on disk is truncated or damaged; the message names it and the fix."""
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` written by :func:`save_npz` (no pickle)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    """Load every array of an ``.npz`` written by :func:`save_npz` (no pickle).
+
+    A truncated or damaged file (zip directory missing, CRC mismatch) raises
+    :class:`CorruptFileError` instead of being read.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise CorruptFileError(
+                f"{path}: holds pickled Python objects, which samunet never loads (unpickling can run code). "
+                "Delete it and rerun the command that wrote it."
+            ) from None
+        raise CorruptFileError(
+            f"{path}: is truncated or corrupt (ValueError: {e}). Delete it and rerun the command that wrote it "
+            "(samunet_plan_and_preprocess redoes missing cases)."
+        ) from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise CorruptFileError(
+            f"{path}: is truncated or corrupt ({type(e).__name__}: {e}). Delete it and rerun the command that "
+            "wrote it (samunet_plan_and_preprocess redoes missing cases)."
+        ) from None
+
+
+def npz_is_complete(path: str | os.PathLike, required: tuple[str, ...] = ()) -> bool:
+    """Cheap check that an ``.npz`` was written completely: its zip directory (at the end of the
+    file) is readable and lists ``required`` arrays. Does not decompress the arrays."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+    return all(f"{name}.npy" in names for name in required)
