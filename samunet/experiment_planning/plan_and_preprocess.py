@@ -59,15 +59,25 @@ def _run_case_star(args):
     return run_case(*args)
 
 
+def shard(items, part: int = 0, num_parts: int = 1) -> list:
+    """Items ``i`` (in sorted order) with ``i % num_parts == part``: a deterministic share for
+    one of ``num_parts`` processes or nodes."""
+    if num_parts < 1 or not 0 <= part < num_parts:
+        raise ValueError(f"--part {part} --num_parts {num_parts}: need num_parts >= 1 and 0 <= part < num_parts")
+    return [c for i, c in enumerate(sorted(items)) if i % num_parts == part]
+
+
 def preprocess_dataset(raw_folder: Path, out_folder: Path, plans: dict, dataset_json: dict, fingerprint: dict,
-                       num_processes: int, clean: bool = False) -> dict:
+                       num_processes: int, clean: bool = False, part: int = 0, num_parts: int = 1) -> dict:
     data_folder = out_folder / data_identifier(plans)
-    if clean and data_folder.exists():
+    if clean and data_folder.exists() and num_parts == 1:  # parts clean their own cases below
         shutil.rmtree(data_folder)
     data_folder.mkdir(parents=True, exist_ok=True)
     phash = preprocessing_hash(plans)
-    cases = training_cases(raw_folder, dataset_json)
-    todo = [c for c in sorted(cases) if not case_is_done(data_folder, c, phash)]
+    all_cases = training_cases(raw_folder, dataset_json)
+    mine = set(shard(all_cases, part, num_parts))
+    cases = {c: v for c, v in all_cases.items() if c in mine}
+    todo = [c for c in sorted(cases) if (clean and num_parts > 1) or not case_is_done(data_folder, c, phash)]
     skipped = len(cases) - len(todo)
     if skipped:
         logger.info("%d of %d cases already preprocessed with this plan: skipped (use --clean to redo)", skipped, len(cases))
@@ -87,9 +97,15 @@ def preprocess_dataset(raw_folder: Path, out_folder: Path, plans: dict, dataset_
 
 def plan_and_preprocess(dataset: str | int, num_processes: int | None = None, skip_integrity_check: bool = False,
                         clean: bool = False, keep_plans: bool = False, new_splits: bool = False,
-                        plans_name: str = DEFAULT_PLANS_NAME) -> dict:
-    """Run every planning stage for one dataset; returns a summary dict (also what the CLI prints)."""
+                        plans_name: str = DEFAULT_PLANS_NAME, part: int = 0, num_parts: int = 1) -> dict:
+    """Run every planning stage for one dataset; returns a summary dict (also what the CLI prints).
+
+    ``part``/``num_parts``: preprocess only this share of the cases (see :func:`shard`); every
+    part computes the same fingerprint, plans and splits (deterministic, written atomically),
+    and the preprocessed cases are one file each, so parts run on several nodes at once and
+    need no merge step."""
     t0 = time.perf_counter()
+    shard([], part, num_parts)  # a bad --part fails at once
     num_processes = num_processes or default_num_processes()
     name = resolve_dataset(dataset)
     raw_folder = raw_root() / name
@@ -131,7 +147,8 @@ def plan_and_preprocess(dataset: str | int, num_processes: int | None = None, sk
         save_json(plans, plans_file)
 
     t = time.perf_counter()
-    pre = preprocess_dataset(raw_folder, out_folder, plans, dataset_json, fingerprint, num_processes, clean)
+    pre = preprocess_dataset(raw_folder, out_folder, plans, dataset_json, fingerprint, num_processes, clean,
+                             part, num_parts)
     timings["preprocessing"] = time.perf_counter() - t
 
     cases = sorted(fingerprint["cases"])
@@ -184,6 +201,9 @@ def main(argv=None) -> None:
     parser.add_argument("--keep_plans", action="store_true", help="keep an existing (possibly hand-edited) plans.json")
     parser.add_argument("--new_splits", action="store_true", help="replace existing split files (changes what trained folds mean)")
     parser.add_argument("--plans_name", default=DEFAULT_PLANS_NAME, help="name of the plans file (default %(default)s)")
+    parser.add_argument("--part", type=int, default=0, help="preprocess only part i of --num_parts n (default 0)")
+    parser.add_argument("--num_parts", type=int, default=1,
+                        help="split the cases over n processes or nodes (case i, sorted, goes to part i %% n)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -192,7 +212,7 @@ def main(argv=None) -> None:
     for d in args.d:
         try:
             summary = plan_and_preprocess(d, args.np, args.skip_integrity_check, args.clean, args.keep_plans,
-                                          args.new_splits, args.plans_name)
+                                          args.new_splits, args.plans_name, args.part, args.num_parts)
         except (DatasetJsonError, DatasetIntegrityError, ImageReadError, SplitsMismatchError, FileNotFoundError, ValueError) as e:
             sys.exit(f"error: {e}")
         print(format_summary(summary))

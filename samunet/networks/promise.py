@@ -126,7 +126,7 @@ def encode_with_features(sam, images: torch.Tensor) -> tuple[torch.Tensor, torch
 
     handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(spec["modules"])]
     try:
-        emb = sam.encode(images)
+        emb = sam.encode(images, eager=True)  # the taps are forward hooks: PyTorch's own encoder must run
     finally:
         for h in handles:
             h.remove()

@@ -2,8 +2,9 @@
 
 Layout: ``SAMUNET_preprocessed/DatasetXXX/embeddings/<backbone>/``
 
-- ``meta.json``: backbone name, weights hash, input size, dtype. If any of these differ
-  from what is asked for, the folder's entries are stale and are rebuilt.
+- ``meta.json``: backbone name, weights hash, input size, dtype (and the encoder precision
+  when it is not fp32). If any of these differ from what is asked for, the folder's entries
+  are stale and are rebuilt.
 - ``CASE.npy``: ``(Z, 256, 64, 64)`` float16, one embedding per slice, memory-mapped
   for training;
 - ``CASE.json``: the SHA-1 of the preprocessed ``CASE.npz`` it was computed from and the
@@ -14,6 +15,11 @@ Building is resumable (finished cases are kept; each file is written under a tem
 name then renamed) and parallel-safe (a ``CASE.lock`` file held by one process; a lock
 left by a dead process is taken over), so several processes or nodes can share the
 work with ``--part/--num_parts`` or simply run at once.
+
+Precision: embeddings of a bf16 encoder live in ``embeddings/<backbone>_bf16/`` with
+``"encoder_precision": "bf16"`` in their meta.json, never mixed with fp32 ones. The fp32
+backends (eager PyTorch, ONNX Runtime, OpenVINO) agree within 1e-3, far below the fp16
+storage step, and share the plain folder.
 """
 
 from __future__ import annotations
@@ -84,13 +90,17 @@ class CaseLock:
 
 class EmbeddingCache:
     def __init__(self, preprocessed_dataset_folder: str | Path, data_identifier: str, backbone: str,
-                 weights_identity: str, input_size: int, dtype: str = "float16"):
+                 weights_identity: str, input_size: int, dtype: str = "float16", precision: str = "fp32"):
         self.data_folder = Path(preprocessed_dataset_folder) / data_identifier
-        self.folder = Path(preprocessed_dataset_folder) / "embeddings" / backbone
+        self.precision = precision
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        self.folder = Path(preprocessed_dataset_folder) / "embeddings" / f"{backbone}{suffix}"
         self.meta = {
             "format_version": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights_identity,
             "input_size": int(input_size), "dtype": dtype, "data_identifier": data_identifier,
         }
+        if precision != "fp32":  # fp32 caches keep the meta they always had (no rebuild)
+            self.meta["encoder_precision"] = precision
         self.dtype = np.dtype(dtype)
         self._maps: dict[str, np.ndarray] = {}
         self._infos: dict[str, dict] = {}
@@ -123,6 +133,11 @@ class EmbeddingCache:
     # ---- building -----------------------------------------------------------------
     def build(self, cases, sam, batch_size: int = 4, part: int = 0, num_parts: int = 1, progress: bool = True) -> int:
         """Encode every slice of ``cases`` not cached yet; returns how many cases were encoded."""
+        encoder_precision = getattr(sam, "encoder_precision", "fp32")
+        if encoder_precision != self.precision:
+            raise ValueError(f"embedding cache {self.folder} holds {self.precision} embeddings but the SAM image "
+                             f"encoder runs in {encoder_precision}; make the cache with precision="
+                             f"{encoder_precision!r} (--encoder_precision selects both)")
         self._check_meta()
         todo = [c for i, c in enumerate(sorted(cases)) if i % num_parts == part and not self.is_valid(c)]
         done = 0
@@ -171,13 +186,33 @@ class EmbeddingCache:
 
 
 @torch.no_grad()
-def encode_volume(sam, data: np.ndarray, batch_size: int = 4) -> tuple[np.ndarray, tuple[int, int]]:
-    """Encode every slice of ``(C, Z, Y, X)`` data. Returns ``(Z, 256, 64, 64)`` float32 and
-    the slice's scaled size inside SAM's padded input."""
+def encode_volume(sam, data: np.ndarray, batch_size: int = 4, lru=None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encode every slice of ``(C, Z, Y, X)`` data once. Returns ``(Z, 256, 64, 64)`` float32 and
+    the slice's scaled size inside SAM's padded input.
+
+    ``lru``: an :class:`~samunet.sam.embedding_lru.EmbeddingLRU`; slices found there are not
+    encoded again, and new ones are added (prediction; cache building passes None)."""
+    from samunet.sam.embedding_lru import slice_key
+
     device = next(sam.image_encoder.parameters()).device
-    out, scaled = [], None
-    for start in range(0, data.shape[1], batch_size):
-        sl = torch.from_numpy(np.ascontiguousarray(data[:, start:start + batch_size].transpose(1, 0, 2, 3)))
+    z_count = data.shape[1]
+    out: list = [None] * z_count
+    scaled = None
+    keys = [slice_key(sam, data[:, z]) for z in range(z_count)] if lru is not None else None
+    todo = list(range(z_count))
+    if lru is not None:
+        for z in range(z_count):
+            hit = lru.get(keys[z])
+            if hit is not None:
+                out[z], scaled = hit
+        todo = [z for z in range(z_count) if out[z] is None]
+    for start in range(0, len(todo), batch_size):
+        zs = todo[start:start + batch_size]
+        sl = torch.from_numpy(np.ascontiguousarray(data[:, zs].transpose(1, 0, 2, 3)))
         images, scaled = sam.prepare_images(sl.to(device, torch.float32))
-        out.append(sam.encode(images).float().cpu().numpy())
-    return np.concatenate(out), tuple(int(s) for s in scaled)
+        emb = sam.encode(images).float().cpu().numpy()
+        for i, z in enumerate(zs):
+            out[z] = emb[i]
+            if lru is not None:
+                lru.put(keys[z], emb[i], scaled)
+    return np.stack(out), tuple(int(s) for s in scaled)

@@ -50,9 +50,15 @@ class FeatureCache(EmbeddingCache):
 
     def __init__(self, preprocessed_dataset_folder: str | Path, data_identifier: str, backbone: str,
                  weights_identity: str, input_size: int, dtype: str = "float16", taps=(),
-                 embedding_cache: EmbeddingCache | None = None):
+                 embedding_cache: EmbeddingCache | None = None, precision: str | None = None):
+        # features come from the eager encoder (forward hooks), in the SAM's configured precision;
+        # the companion embedding cache must hold embeddings of that same precision
+        precision = precision or (embedding_cache.precision if embedding_cache is not None else "fp32")
+        if embedding_cache is not None and embedding_cache.precision != precision:
+            raise ValueError(f"feature cache ({precision}) and embedding cache {embedding_cache.folder} "
+                             f"({embedding_cache.precision}) must have the same encoder precision")
         super().__init__(preprocessed_dataset_folder, data_identifier, f"{backbone}_apm", weights_identity,
-                         input_size, dtype)
+                         input_size, dtype, precision)
         self.meta["taps"] = list(taps)
         self.embedding_cache = embedding_cache
 

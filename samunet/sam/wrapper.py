@@ -73,6 +73,10 @@ class SamWrapper(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self._encoders_frozen = False
         self.freeze_image_and_prompt_encoders()
+        # which runtime runs the frozen image encoder (see samunet.sam.encoder_backends); eager
+        # PyTorch fp32 unless configure_encoder() says otherwise
+        self.encoder_backend, self.encoder_precision = "torch", "fp32"
+        self._frozen_encoder = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -146,11 +150,49 @@ class SamWrapper(nn.Module):
         x = F.pad(x, (0, S - w, 0, S - h), value=0.0)
         return x, (h, w)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen image encoder: ``(B, 3, S, S) -> (B, 256, 64, 64)`` (no gradients)."""
+    def configure_encoder(self, backend: str = "auto", precision: str = "fp32") -> "SamWrapper":
+        """Run the frozen image encoder on ``backend`` (``auto``, ``torch``, ``onnxruntime``,
+        ``openvino``) in ``precision`` (``fp32``, ``bf16``). Checked now (a precision the device
+        cannot run is refused here); the backend itself is built, and exported if needed, at
+        the first :meth:`encode`."""
+        from samunet.sam.encoder_backends import (ENCODER_BACKENDS, INSTALL_HINT, EncoderBackendError,
+                                                  backend_installed, check_precision)
+
+        if backend not in ENCODER_BACKENDS:
+            raise EncoderBackendError(f"--encoder_backend must be one of {ENCODER_BACKENDS}, got {backend!r}")
+        if backend in INSTALL_HINT and not backend_installed(backend):
+            raise EncoderBackendError(f"--encoder_backend {backend} is not installed; {INSTALL_HINT[backend]}, "
+                                      "or use --encoder_backend auto or torch")
+        if backend in INSTALL_HINT and self.device.type != "cpu":
+            raise EncoderBackendError(f"--encoder_backend {backend} runs on the CPU only; on {self.device} use "
+                                      "torch or auto")
+        check_precision(precision, backend, self.device)
+        self.encoder_backend, self.encoder_precision = backend, precision
+        self._frozen_encoder = None
+        return self
+
+    @property
+    def frozen_encoder(self):
+        """The :class:`~samunet.sam.encoder_backends.FrozenEncoder` :meth:`encode` uses (built on first use)."""
+        if self._frozen_encoder is None:
+            from samunet.sam.encoder_backends import build_encoder
+
+            self._frozen_encoder = build_encoder(self.name, self.encoder_backend, self.encoder_precision,
+                                                 device=self.device, sam=self)
+        return self._frozen_encoder
+
+    def encode(self, images: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """Frozen image encoder: ``(B, 3, S, S) -> (B, 256, 64, 64)`` float32 (no gradients), on the
+        configured backend; ``eager=True`` runs this module's own encoder (so forward hooks on its
+        blocks fire, as ProMISe's feature taps need) in the configured precision."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
             raise ValueError(f"images must be (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}")
+        if not eager and self.encoder_backend != "torch":
+            return self.frozen_encoder(images).to(self.device)
         with torch.no_grad():
+            if self.encoder_precision == "bf16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    return self.image_encoder(images.to(self.device)).float()
             return self.image_encoder(images.to(self.device))
 
     # ------------------------------------------------------------------ prompts

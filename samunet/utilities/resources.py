@@ -23,6 +23,56 @@ def available_memory_bytes() -> int:
         return 8 * 1024**3
 
 
+MEMORY_BUDGET_ENV = "SAMUNET_MEMORY_BUDGET_GB"
+MEMORY_BUDGET_FRACTION = 0.8
+
+
+def total_memory_bytes() -> int:
+    """Physical memory, or the cgroup (container) limit when that is lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 1024**3
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``, ``12.0 MiB``, ``800 bytes``."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size / 10:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def memory_budget_bytes() -> tuple[int, str]:
+    """``(bytes, how it was chosen)``: ``SAMUNET_MEMORY_BUDGET_GB`` if set, else 80% of total memory.
+
+    Total rather than available memory, so that whether an image is accepted does not
+    depend on what else happens to run at the moment.
+    """
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if text:
+        try:
+            gb = float(text)
+            if not gb > 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{MEMORY_BUDGET_ENV}={text!r} is not a positive number of GB, e.g. 16") from None
+        return int(gb * 1024**3), f"set by {MEMORY_BUDGET_ENV}"
+    total = total_memory_bytes()
+    return int(total * MEMORY_BUDGET_FRACTION), (
+        f"{MEMORY_BUDGET_FRACTION:.0%} of the {format_bytes(total)} of memory; set {MEMORY_BUDGET_ENV} to change it"
+    )
+
+
 def available_cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
