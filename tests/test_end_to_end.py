@@ -84,6 +84,10 @@ def test_resume_gives_the_same_run(synthetic_planned, monkeypatch):
     w = load_checkpoint(resumed.output_folder / "checkpoint_final.pth")["network_weights"]
     for k in ref_w:
         torch.testing.assert_close(w[k], ref_w[k], rtol=0, atol=0)
+    # resuming with other options is refused: the checkpoint says how it was trained
+    with pytest.raises(ValueError, match="trained with options none, this run has .*batch_size"):
+        train(650, 0, "ResNetTrainer", device="cpu", num_epochs=4, num_iterations=2, resume=True,
+              skip_validation=True, batch_size=2)
 
 
 def test_multiclass_and_val_only(samunet_roots):

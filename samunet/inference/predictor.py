@@ -8,18 +8,26 @@ probabilities, undoes cropping/resampling/transposition and writes ``CASE<file_e
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import logging
 import multiprocessing as mp
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from samunet.dataset_conversion.dataset_json import channel_files, list_cases
+from samunet.experiment_planning.plan_and_preprocess import shard
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.imageio import ImageReadError, reader_writer_for
-from samunet.inference.export import export_prediction
+from samunet.inference.export import export_prediction, prediction_is_complete
+from samunet.inference.prompt_record import PromptsJson, records_prompts
 from samunet.preprocessing.preprocessor import preprocess_arrays
+from samunet.sam.encoder_backends import EncoderBackendError, inference_threads
+from samunet.utilities.resources import cap_workers_by_memory
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,42 @@ def load_fold_models(folder: Path, trainer_name: str, folds, checkpoint_name: st
             )
         models.append(cls.from_checkpoint(ckpt, device))
     return models
+
+
+def input_case_bytes(files) -> int:
+    """float32 bytes of a case's images, from the file headers (NIfTI) or 8x the file sizes."""
+    total = 0
+    for f in files:
+        f = str(f)
+        try:
+            if f.endswith((".nii", ".nii.gz")):
+                import nibabel
+
+                total += int(np.prod(nibabel.load(f).shape)) * 4
+                continue
+        except Exception:  # unreadable header: the reader reports it with the file name later
+            pass
+        total += 8 * Path(f).stat().st_size if Path(f).is_file() else 0
+    return total
+
+
+def _single_threaded_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def bounded_imap(pool, fn, jobs, ahead: int):
+    """``pool.imap(fn, jobs)`` in order, but with at most ``ahead`` results waiting: Pool.imap
+    runs ahead without limit, so fast workers would pile preprocessed cases up in memory
+    while the models are busy."""
+    pending = collections.deque()
+    jobs = iter(jobs)
+    for job in itertools.islice(jobs, max(1, ahead)):
+        pending.append(pool.apply_async(fn, (job,)))
+    while pending:
+        result = pending.popleft().get()
+        for job in itertools.islice(jobs, 1):
+            pending.append(pool.apply_async(fn, (job,)))
+        yield result
 
 
 def find_input_cases(input_folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
@@ -107,19 +151,32 @@ def _load_user_boxes(path) -> dict:
 def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=(0,), plans_name=DEFAULT_PLANS_NAME,
                    checkpoint_name: str = "checkpoint_final.pth", save_probabilities: bool = False,
                    num_processes: int = 1, device=None, continue_prediction: bool = False, prompt: str | None = None,
-                   labels_folder=None, classes: list[str] | None = None, boxes_file=None) -> list[Path]:
+                   labels_folder=None, classes: list[str] | None = None, boxes_file=None,
+                   encoder_backend: str | None = None, encoder_precision: str | None = None, part: int = 0,
+                   num_parts: int = 1) -> list[Path]:
     """Predict every case of ``input_folder``. ``prompt`` (SAM trainers): ``auto``, ``gt_box``
-    (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``."""
+    (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``.
+
+    ``encoder_backend``/``encoder_precision`` override what the models were trained with (SAM
+    trainers). ``part``/``num_parts``: this process predicts only the cases ``i`` (in sorted
+    order) with ``i % num_parts == part``, so that several processes or nodes share a folder;
+    each case is its own output file, so the parts need no merging."""
+    shard([], part, num_parts)  # a bad --part fails before the models are loaded
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     folder = model_folder(dataset, trainer_name, plans_name)
     models = load_fold_models(folder, trainer_name, [str(f) for f in folds], checkpoint_name, device)
+    for m in models:
+        if getattr(m, "sam", None) is not None and (encoder_backend or encoder_precision):
+            backend, precision = m.encoder_settings
+            m.sam.configure_encoder(encoder_backend or backend, encoder_precision or precision)
     plans, dataset_json = models[0].plans, models[0].dataset_json
     fe = dataset_json["file_ending"]
     cases = find_input_cases(input_folder, fe, plans["num_channels"])
     if input_folder.resolve() == output_folder.resolve():
         raise PredictionError("the output folder must differ from the input folder")
     output_folder.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in sorted(cases) if not (continue_prediction and (output_folder / f"{c}{fe}").is_file())]
+    todo = [c for c in shard(cases, part, num_parts)
+            if not (continue_prediction and prediction_is_complete(output_folder / f"{c}{fe}", fe, save_probabilities))]
     if prompt == "gt_box" and labels_folder is None:
         raise PredictionError("--prompt gt_box needs reference labels: add --labels DIR")
     context = {} if prompt is None else {"prompt": prompt}
@@ -129,23 +186,41 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     lab = (lambda c: Path(labels_folder) / f"{c}{fe}") if prompt == "gt_box" else (lambda c: None)
     jobs = [(c, cases[c], plans, dataset_json, lab(c)) for c in todo]
     written = []
-    pool = mp.get_context("fork").Pool(num_processes) if num_processes > 1 and len(jobs) > 1 else None
+    # parts sharing an output folder each keep their own file (prompts.partI.json): no write races
+    prompts_name = "prompts.json" if num_parts == 1 else f"prompts.part{part}.json"
+    prompts_json = PromptsJson(output_folder, prompts_name) if any(records_prompts(m) for m in models) else None
+    num_processes = cap_workers_by_memory(num_processes, max((input_case_bytes(j[1]) for j in jobs), default=0) * 12,
+                                          "preprocessing workers")
+    pool = None
+    if num_processes > 1 and len(jobs) > 1:
+        # workers read and resample while this process runs the models: split the cores between them
+        torch.set_num_threads(inference_threads(1 + num_processes))
+        pool = mp.get_context("fork").Pool(num_processes, initializer=_single_threaded_worker)
     try:
-        it = pool.imap(_preprocess_for_prediction, jobs) if pool else map(_preprocess_for_prediction, jobs)
+        it = bounded_imap(pool, _preprocess_for_prediction, jobs, ahead=num_processes) if pool \
+            else map(_preprocess_for_prediction, jobs)
         for case, data, seg, props in tqdm(it, total=len(jobs), desc="predicting"):
             probs = None
-            for m in models:
+            used_prompts: list = []
+            for fold, m in zip(folds, models):
                 extra = {}
+                if prompts_json is not None and records_prompts(m):
+                    extra["prompts_out"] = fold_prompts = []
                 if case in user_boxes:
                     from samunet.sam.box_prompting import user_boxes_to_preprocessed
 
                     extra["user_boxes"] = user_boxes_to_preprocessed(user_boxes[case], props)
                 p = m.predict_preprocessed(data, reference_seg=seg, **context, **extra)
                 probs = p if probs is None else probs + p
+                if "prompts_out" in extra:
+                    used_prompts += [{**e, "fold": str(fold)} if len(models) > 1 else e for e in fold_prompts]
             probs /= len(models)
             out = output_folder / f"{case}{fe}"
             export_prediction(probs, props, plans, out, save_probabilities)
             written.append(out)
+            if prompts_json is not None:
+                prompts_json.add(case, used_prompts, props)
+                prompts_json.save()
     finally:
         if pool:
             pool.terminate()
@@ -154,6 +229,8 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
 
 
 def main(argv=None) -> None:
+    from samunet.run.train import add_encoder_arguments
+
     p = argparse.ArgumentParser(prog="samunet_predict", description=__doc__.splitlines()[0])
     p.add_argument("-i", required=True, help="input folder with CASE_0000<ending> files")
     p.add_argument("-o", required=True, help="output folder")
@@ -174,6 +251,10 @@ def main(argv=None) -> None:
     p.add_argument("--classes", nargs="+", default=None,
                    help="ClassPromptTrainer: label names from dataset.json to segment, or 'all' (default all)")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
+    add_encoder_arguments(p)
+    p.add_argument("--part", type=int, default=0, help="this process's share of the cases: part i of --num_parts n")
+    p.add_argument("--num_parts", type=int, default=1,
+                   help="split the cases over n processes or nodes (case i, sorted, goes to part i %% n)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from samunet.training.checkpoint import CheckpointError
@@ -181,8 +262,9 @@ def main(argv=None) -> None:
     try:
         predict_folder(args.i, args.o, args.d, args.tr, args.f, args.p, args.chk, args.save_probabilities,
                        args.npp, args.device, args.continue_prediction, args.prompt, args.labels, args.classes,
-                       args.boxes)
-    except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+                       args.boxes, args.encoder_backend, args.encoder_precision, args.part, args.num_parts)
+    except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError,
+            EncoderBackendError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")
 

@@ -80,8 +80,8 @@ def records_prompts(model) -> bool:
 class PromptsJson:
     """``prompts.json`` of one prediction folder: ``{case: [entry, ...]}``."""
 
-    def __init__(self, folder: str | Path):
-        self.file = Path(folder) / PROMPTS_FILE
+    def __init__(self, folder: str | Path, name: str = PROMPTS_FILE):
+        self.file = Path(folder) / name
         self.cases: dict[str, list] = {}
         if self.file.is_file():
             try:

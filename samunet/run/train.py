@@ -32,7 +32,9 @@ def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | 
                   num_iterations_per_epoch=num_iterations, seed=seed, **options)
     if val_only:
         trainer.initialize()
-        if hasattr(trainer, "ensure_stage1") or hasattr(trainer, "make_caches"):
+        from samunet.training.trainers.sam_common import SAMTrainerMixin
+
+        if isinstance(trainer, SAMTrainerMixin):
             trainer.make_datasets()  # SAM trainers: stage 1 and the embedding/feature caches
         name = "checkpoint_best.pth" if use_best else "checkpoint_final.pth"
         trainer.load(trainer.output_folder / name, weights_only_network=True)
@@ -65,6 +67,18 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """``--encoder_backend`` and ``--encoder_precision`` (samunet_train, samunet_predict, cache builds)."""
+    from samunet.sam.encoder_backends import ENCODER_BACKENDS, ENCODER_PRECISIONS
+
+    p.add_argument("--encoder_backend", default=None, choices=ENCODER_BACKENDS,
+                   help="runtime of the frozen SAM image encoder (default auto: OpenVINO or ONNX Runtime when "
+                        "installed and matching PyTorch within 1e-3, else PyTorch; PyTorch on CUDA)")
+    p.add_argument("--encoder_precision", default=None, choices=ENCODER_PRECISIONS,
+                   help="fp32 (default) or bf16 (only where the CPU/GPU computes bf16 natively; bf16 embeddings are "
+                        "cached apart from fp32 ones)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="samunet_train", description="Train one fold of a trainer on a preprocessed dataset.")
     p.add_argument("dataset", help="dataset ID or name, e.g. 501")
@@ -79,6 +93,7 @@ def main(argv=None) -> None:
     p.add_argument("--no_validation", action="store_true", help="skip the final validation")
     p.add_argument("--sam", default=None, help="SAM backbone: lite_medsam (default), vit_b, vit_l, vit_h, medsam_vit_b")
     p.add_argument("--sam_checkpoint", default=None, help="weights file for the ViT backbones (SAM or MedSAM)")
+    add_encoder_arguments(p)
     p.add_argument("--points", type=int, default=None, choices=[3, 5, 16],
                    help="ProMISeTrainer: number of learned point prompts (1+2, 2+3 or 8+8 positive+negative)")
     p.add_argument("--stage1_epochs", type=int, default=None, help="epochs of stage 1 when the chain trains it")
@@ -99,7 +114,8 @@ def main(argv=None) -> None:
         train(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
               args.val_only, args.use_best, args.seed, args.no_validation, **{
                   "sam": args.sam, "sam_checkpoint": args.sam_checkpoint, "stage1_epochs": args.stage1_epochs,
-                  "stage1_iters": args.stage1_iters, "points": args.points, **options})
+                  "stage1_iters": args.stage1_iters, "points": args.points,
+                  "encoder_backend": args.encoder_backend, "encoder_precision": args.encoder_precision, **options})
     except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:  # incl. SamCheckpointError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

@@ -21,21 +21,28 @@ PROMPT_MODES = ("auto", "gt_box", "full_box", "unfiltered_box")
 
 
 def slice_boxes(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | None, labels: list[int],
-                prompting: dict, rng: np.random.Generator | None = None) -> dict[int, np.ndarray]:
+                prompting: dict, rng: np.random.Generator | None = None,
+                slice_shape: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """Boxes ``{label: [x0, y0, x1, y1]}`` for one slice (labels without a prompt are absent).
 
     ``fg_probs`` ``(K_fg, Y, X)``: stage-1 probability of each foreground label;
-    ``ref_slice`` ``(Y, X)``: reference labels (``gt_box`` only).
+    ``ref_slice`` ``(Y, X)``: reference labels (``gt_box`` only); ``slice_shape`` ``(Y, X)``:
+    the slice's size when neither is given (``full_box`` needs nothing else).
     """
     out = {}
+    if slice_shape is None and fg_probs is not None:
+        slice_shape = fg_probs.shape[1:]
+    elif slice_shape is None and ref_slice is not None:
+        slice_shape = ref_slice.shape
     for i, label in enumerate(labels):
         if mode == "auto":
             box = largest_component_box(fg_probs[i], prompting["theta1"], prompting["mask_downsample_factor"])
         elif mode == "unfiltered_box":
             box = unfiltered_box(fg_probs[i], prompting.get("unfiltered_theta", 0.9))
         elif mode == "full_box":
-            shape = fg_probs.shape[1:] if fg_probs is not None else ref_slice.shape
-            box = full_box(shape)
+            if slice_shape is None:
+                raise ValueError("full_box needs the slice shape (slice_shape=...)")
+            box = full_box(slice_shape)
         elif mode == "gt_box":
             if ref_slice is None:
                 raise ValueError("--prompt gt_box needs reference labels (--labels DIR)")
@@ -46,8 +53,7 @@ def slice_boxes(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | 
             continue
         if rng is not None and mode in ("auto", "unfiltered_box", "gt_box"):
             lo, hi = prompting["box_jitter_px"]
-            shape = fg_probs.shape[1:] if fg_probs is not None else ref_slice.shape
-            box = jitter_box(box, rng, int(hi), shape)
+            box = jitter_box(box, rng, int(hi), slice_shape)
         out[label] = np.asarray(box)
     return out
 

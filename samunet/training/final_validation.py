@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from samunet.inference.export import export_prediction
+from samunet.inference.prompt_record import PromptsJson, records_prompts
 from samunet.paths import raw_root
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 
@@ -25,10 +26,15 @@ def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: s
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     fe = trainer.plans["file_ending"]
+    prompts_json = PromptsJson(output_folder) if records_prompts(trainer) else None
     for case in tqdm(cases, desc=desc):
         data, seg, props = load_preprocessed_case(trainer.data_folder, case)
-        probs = trainer.predict_preprocessed(data, case=case, reference_seg=seg, **context)
+        extra = {} if prompts_json is None else {"prompts_out": []}
+        probs = trainer.predict_preprocessed(data, case=case, reference_seg=seg, **context, **extra)
         export_prediction(probs, props, trainer.plans, output_folder / f"{case}{fe}")
+        if prompts_json is not None:
+            prompts_json.add(case, extra["prompts_out"], props)
+            prompts_json.save()
     ref = raw_root() / trainer.dataset_name / "labelsTr"
     if not ref.is_dir():
         logger.warning("no reference labels at %s: predictions written, not evaluated", ref)

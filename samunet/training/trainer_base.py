@@ -28,7 +28,7 @@ from samunet.training.checkpoint import load_checkpoint, restore_rng_state, rng_
 from samunet.training.data_loading import SliceDataset
 from samunet.training.progress_logger import ProgressLogger
 from samunet.utilities.dataset_name import resolve_dataset
-from samunet.utilities.file_io import load_json
+from samunet.utilities.file_io import load_json, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class BaseTrainer:
     # option names this class accepts (``samunet_train --opt KEY=VALUE``); subclasses add theirs,
     # and keys of a class's ``DEFAULTS`` are accepted too
     OPTIONS: frozenset = frozenset({"batch_size", "num_val_iterations"})
+    # options that do not change what is trained (a resumed run may differ in them)
+    RUNTIME_OPTIONS: frozenset = frozenset({"encoder_backend"})
 
     @classmethod
     def known_options(cls) -> set[str]:
@@ -202,6 +204,14 @@ class BaseTrainer:
         self.network.load_state_dict(ckpt["network_weights"])
         if weights_only_network:
             return
+        stored = {k: v for k, v in json.loads(ckpt.get("options", "{}")).items()
+                  if v is not None and k not in self.RUNTIME_OPTIONS}
+        current = {k: v for k, v in self.options.items() if v is not None and k not in self.RUNTIME_OPTIONS}
+        if stored != current:
+            raise ValueError(
+                f"{path} was trained with options {stored or 'none'}, this run has {current or 'none'}: resume "
+                f"(--c) with the same --opt/--points/--sam values, or start a new run without --c (it overwrites "
+                f"{self.output_folder}).")
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.scheduler is not None and ckpt["scheduler_state"]:
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -284,6 +294,9 @@ class BaseTrainer:
 
     def run_training(self, resume: bool = False) -> None:
         self.output_folder.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # checkpoint writes a killed run left behind (only rank 0 saves)
+            for name in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"):
+                remove_stale_temp_files(self.output_folder / name)
         self.initialize()
         self.make_datasets()
         if resume:

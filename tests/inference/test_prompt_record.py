@@ -58,6 +58,15 @@ def test_prompts_json_keeps_other_cases_and_writes_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["prompts.json"]
 
 
+def test_parts_write_files_of_their_own(tmp_path):
+    (tmp_path / "prompts.json").write_text(json.dumps({"other": []}))
+    pj = PromptsJson(tmp_path, "prompts.part1.json")
+    assert pj.cases == {}  # never reads (or rewrites) the unsharded file
+    pj.add("c", [{"z": 0, "label": 1, "box": [2, 3, 4, 5]}], _props())
+    assert pj.save() == tmp_path / "prompts.part1.json"
+    assert json.loads((tmp_path / "prompts.json").read_text()) == {"other": []}
+
+
 def test_unreadable_prompts_json_is_rebuilt(tmp_path):
     (tmp_path / "prompts.json").write_text("{truncated")
     assert PromptsJson(tmp_path).cases == {}

@@ -155,6 +155,10 @@ def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
     summary = json.loads((folder / "validation" / "summary.json").read_text())
     assert "foreground_mean" in summary
     assert (folder / "test" / "summary.json").is_file()  # the other domain's cases
+    prompts = json.loads((folder / "validation" / "prompts.json").read_text())  # drawn by the overlays
+    assert set(prompts) == {r["case"] for r in summary["metric_per_case"]}
+    entry = next(iter(prompts.values()))[0]
+    assert entry["label"] == 1 and len(entry["points"]) == 3 and entry["point_labels"] == [1, 0, 0]
     ckpt = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     keys = list(ckpt["network_weights"])
     assert keys and all(k.startswith(("apm.", "pae.")) for k in keys)
@@ -162,15 +166,15 @@ def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
     restored = ProMISeTrainer.from_checkpoint(folder / "checkpoint_final.pth", device="cpu")
     assert restored.num_points == 3 and restored.network["apm"].num_points == 3
     data = load_preprocessed_case(t.data_folder, "s01")[0][:, :1]
-    points = {}
-    out = restored.predict_preprocessed(data, points_out=points)
+    prompts = []
+    out = restored.predict_preprocessed(data, prompts_out=prompts)
     assert out.shape == (2, 1, 64, 64) and np.allclose(out[0], 0.5)
     assert 0 <= out[1].min() and out[1].max() <= 1
     ref = t.predict_preprocessed(data, case="s01")  # from the (fp16) caches
     np.testing.assert_allclose(out, ref, atol=2e-2)
-    assert list(points) == [0] and len(points[0]) == 3
-    assert [p[2] for p in points[0]] == [1, 0, 0]
-    assert all(-1e-3 <= c <= 64 + 1e-3 for p in points[0] for c in p[:2])  # square slice: inside it
+    assert [(e["z"], e["label"]) for e in prompts] == [(0, 1)] and len(prompts[0]["points"]) == 3
+    assert prompts[0]["point_labels"] == [1, 0, 0]
+    assert all(-1e-3 <= c <= 64 + 1e-3 for p in prompts[0]["points"] for c in p)  # square slice: inside it
     with pytest.raises(ValueError):
         restored.predict_preprocessed(data, prompt="gt_box")
 

@@ -88,6 +88,11 @@ def test_chain_on_real_prostate_gt_box_beats_full_box(shared_data, samunet_roots
     boxes = {case: {str(z): {str(l): [int(v) for v in mask_box(ref[z] == l)] for l in (1, 2) if (ref[z] == l).any()}
                     for z in range(ref.shape[0]) if ref[z].any()}}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    # prompts.json beside the gt_box predictions holds those boxes, mapped back to the image's grid
+    recorded = json.loads((tmp_path / "out" / "prompts.json").read_text())[case]
+    assert {(e["z"], e["label"]) for e in recorded} == {(int(z), int(l)) for z, b in boxes[case].items() for l in b}
+    for e in recorded:
+        np.testing.assert_allclose(e["box"], boxes[case][str(e["z"])][str(e["label"])], atol=2.0)
     predict_folder(inp, tmp_path / "out_boxes", 502, "SAMBoxTrainer", [0], device="cpu",
                    boxes_file=tmp_path / "boxes.json")
     user = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_boxes" / f"{case}.nii.gz")))

@@ -62,8 +62,9 @@ from samunet.networks.class_prompt_encoder import ClassPromptEncoder
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 from samunet.sam.box_prompting import mask_to_low_res
 from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
+from samunet.sam.embedding_lru import prediction_lru
 from samunet.sam.prompts import mask_box
-from samunet.sam.registry import build_sam, weights_identity
+from samunet.sam.registry import weights_identity
 from samunet.training.progress_logger import ProgressLogger
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer
@@ -143,7 +144,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
                                                 "noise_sampling")}}
 
     def build_network(self) -> nn.Module:
-        self.sam = build_sam(self.sam_name, self.sam_checkpoint, self.device)
+        self.sam = self.make_sam()  # image encoder on --encoder_backend/--encoder_precision
         encoder = ClassPromptEncoder(
             embed_dim=256, embedding_hw=self.sam.image_embedding_size, steps=int(self.setting("steps")),
             width=float(self.setting("width")), attention_activation=str(self.setting("attention_activation")),
@@ -179,7 +180,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
     def make_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
                               weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
-                              self.plans["sam"].get("cache_dtype", "float16"))
+                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision)
 
     def collect_samples(self, cases: list[str]) -> list[tuple[str, int, tuple[int, ...]]]:
         """``(case, z, labels present)`` for every slice showing at least one foreground class."""
@@ -394,7 +395,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         if case is not None and cache is not None and cache.is_valid(case):
             emb_all, scaled_hw = cache.load(case), cache.info(case)["scaled_hw"]
         else:
-            emb_all, scaled_hw = encode_volume(self.sam, data)
+            emb_all, scaled_hw = encode_volume(self.sam, data, lru=prediction_lru())  # shared across folds
         generator = self._eval_generator()
         cls = torch.tensor(labels, dtype=torch.float32, device=self.device)
         for z in range(z_count):

@@ -55,7 +55,7 @@ from samunet.preprocessing.preprocessor import load_preprocessed_case
 from samunet.sam.box_prompting import mask_to_low_res
 from samunet.sam.embedding_cache import EmbeddingCache
 from samunet.sam.feature_cache import FeatureCache
-from samunet.sam.registry import build_sam, weights_identity
+from samunet.sam.registry import weights_identity
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.trainers.sam_common import SAMTrainerMixin
@@ -132,7 +132,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
     def build_network(self) -> nn.Module:
         """SAM (every weight frozen, kept in eval mode) and ``ModuleDict(apm=..., pae=...)``,
         the only trained (and checkpointed) part."""
-        self.sam = build_sam(self.sam_name, self.sam_checkpoint, self.device)
+        self.sam = self.make_sam()  # image encoder on --encoder_backend/--encoder_precision
         for p in self.sam.parameters():
             p.requires_grad_(False)
         self.sam.eval()
@@ -189,7 +189,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         ident = weights_identity(self.sam_name, self.sam_checkpoint)
         dtype = self.plans["sam"].get("cache_dtype", "float16")
         args = (self.preprocessed_folder, data_identifier(self.plans), self.sam_name, ident, self.sam.input_size, dtype)
-        cache = EmbeddingCache(*args)
+        cache = EmbeddingCache(*args, precision=self.sam.encoder_precision)
         return cache, FeatureCache(*args, taps=self.taps, embedding_cache=cache)
 
     def _seg(self, case: str) -> np.ndarray:
@@ -295,15 +295,16 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
-                             points_out: dict | None = None, prompt: str | None = None, batch_slices: int = 4,
+                             prompts_out: list | None = None, prompt: str | None = None, batch_slices: int = 4,
                              **context) -> np.ndarray:
         """``(C, Z, Y, X)`` → ``(K, Z, Y, X)``: channel 0 holds θ2, channel k the probability of
         label k, so the argmax is the label above θ2 (background otherwise).
 
-        ``points_out`` (a dict), when given, is filled with the learned points per slice in the
-        slice pixel frame: ``{z: [[x, y, label], ...]}`` (label 1 positive, 0 negative; with
-        more than one foreground class each entry has a 4th element, the class value). Points
-        may fall into SAM's zero padding, i.e. outside the slice, for non-square slices.
+        ``prompts_out`` (a list), when given, receives the learned points of every slice and
+        class in the slice pixel frame: ``{"z", "label", "points": [[x, y], ...],
+        "point_labels": [1, 0, ...]}`` (1 positive, 0 negative; see
+        :mod:`samunet.inference.prompt_record`). Points may fall into SAM's zero padding, i.e.
+        outside the slice, for non-square slices.
         """
         if prompt not in (None, "auto"):
             raise ValueError(f"{type(self).__name__} prompts itself; prompt mode {prompt!r} is not supported")
@@ -328,13 +329,10 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
             logits, points = self.forward_heads(emb.to(self.device), feats.to(self.device))
             probs = torch.sigmoid(self.sam.postprocess_logits(logits, scaled_hw, (y, x))).cpu().numpy()
             out[1:, zs] = probs.transpose(1, 0, 2, 3)
-            if points_out is not None:
+            if prompts_out is not None:
                 pts = (points / scale).cpu().numpy()
                 for i, z in enumerate(zs):
-                    entries = []
                     for ci, cv in enumerate(fg):
-                        for (px, py), lab in zip(pts[i, ci], labels):
-                            e = [float(px), float(py), int(lab)]
-                            entries.append(e + [int(cv)] if len(fg) > 1 else e)
-                    points_out[z] = entries
+                        prompts_out.append({"z": z, "label": int(cv), "points": pts[i, ci].tolist(),
+                                            "point_labels": [int(v) for v in labels]})
         return out

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from samunet.sam.box_prompting import PROMPT_MODES, mask_to_low_res, slice_boxes
 from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
-from samunet.sam.registry import build_sam, weights_identity
+from samunet.sam.embedding_lru import prediction_lru
+from samunet.sam.registry import weights_identity
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
 from samunet.training.trainers.sam_common import SAMTrainerMixin
@@ -58,13 +59,19 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
 
     @property
     def prompting(self) -> dict:
-        return self.plans["prompting"]
+        prompting = self.plans["prompting"]
+        if prompting.get("mosaic"):
+            raise ValueError(
+                "plans.json prompting.mosaic is true, but mosaic (2x2 slice) training is not implemented in "
+                "samunet yet; set it to false (the SAMMed mosaic and legacy_box_offset helpers exist in "
+                "samunet.sam.prompts for experiments)")
+        return prompting
 
     def network_config(self) -> dict:
         return {"sam": self.sam_name, "sam_checkpoint": self.sam_checkpoint}
 
     def build_network(self) -> torch.nn.Module:
-        self.sam = build_sam(self.sam_name, self.sam_checkpoint, self.device)
+        self.sam = self.make_sam()  # image encoder on --encoder_backend/--encoder_precision
         return self.sam.mask_decoder  # the only trained part
 
     def build_loss(self):
@@ -118,7 +125,7 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
     def make_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
                               weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
-                              self.plans["sam"].get("cache_dtype", "float16"))
+                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision)
 
     def stage1_fg_probs(self, data: np.ndarray) -> np.ndarray:
         """``(K_fg, Z, Y, X)`` stage-1 probability of each foreground label."""
@@ -230,14 +237,16 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
-                             prompt: str = "auto", user_boxes: dict | None = None, **context) -> np.ndarray:
+                             prompt: str = "auto", user_boxes: dict | None = None, prompts_out: list | None = None,
+                             **context) -> np.ndarray:
         """``(C, Z, Y, X)`` -> ``(K, Z, Y, X)``: channel 0 holds θ2, channel k SAM's probability
         for label k, so the argmax is the label above θ2 (background otherwise).
 
         ``user_boxes`` ``{z: {label: [x0, y0, x1, y1]}}`` in the preprocessed slice frame
         (see :func:`samunet.sam.box_prompting.user_boxes_to_preprocessed`) replace the
         automatic prompts of the case (slices without a user box get none); SAM stays
-        promptable after fine-tuning."""
+        promptable after fine-tuning. ``prompts_out`` (a list), when given, receives every
+        box used: ``{"z", "label", "box"}`` (see :mod:`samunet.inference.prompt_record`)."""
         if prompt not in PROMPT_MODES:
             raise ValueError(f"unknown prompt mode {prompt!r}; choose one of {PROMPT_MODES}")
         self.sam.eval()
@@ -254,14 +263,19 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
             if user_boxes is not None:  # the user's boxes are this case's prompts
                 boxes = {int(l): np.asarray(b) for l, b in user_boxes.get(z, {}).items() if int(l) in fg}
             else:
-                boxes = slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg, self.prompting, rng)
+                boxes = slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg, self.prompting, rng,
+                                    slice_shape=(y, x))
             if not boxes:
                 continue  # no prompt -> empty slice, never a crash
+            if prompts_out is not None:
+                prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]} for l, b in boxes.items())
             if use_cache:
                 emb = torch.from_numpy(np.asarray(cache.load(case)[z], dtype=np.float32))[None]
                 scaled_hw = cache.info(case)["scaled_hw"]
             else:
-                e, scaled_hw = encode_volume(self.sam, data[:, z:z + 1])
+                # at most one encoder call per slice: every label's box, and every fold model of an
+                # ensemble (the LRU), decode from this one embedding
+                e, scaled_hw = encode_volume(self.sam, data[:, z:z + 1], lru=prediction_lru())
                 emb = torch.from_numpy(e)
             labels = list(boxes)
             b = self.sam.scale_boxes(torch.as_tensor(np.stack([boxes[l] for l in labels]), dtype=torch.float32), (y, x))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
 
 
 class SAMTrainerMixin:
@@ -15,7 +20,7 @@ class SAMTrainerMixin:
 
     settings_section: str | None = None
     DEFAULTS: dict = {}
-    OPTIONS = frozenset({"sam", "sam_checkpoint"})
+    OPTIONS = frozenset({"sam", "sam_checkpoint", "encoder_backend", "encoder_precision"})
 
     @property
     def sam_name(self) -> str:
@@ -24,6 +29,33 @@ class SAMTrainerMixin:
     @property
     def sam_checkpoint(self):
         return self.options.get("sam_checkpoint")
+
+    @property
+    def encoder_settings(self) -> tuple[str, str]:
+        """``(backend, precision)`` of the frozen image encoder: trainer option
+        (``--encoder_backend``/``--encoder_precision``), else ``plans["sam"]``, else auto/fp32."""
+        plan = self.plans.get("sam") or {}
+        backend = self.options.get("encoder_backend") or plan.get("encoder_backend") or "auto"
+        precision = self.options.get("encoder_precision") or plan.get("encoder_precision") or "fp32"
+        if torch.device(self.device).type != "cpu" and backend in ("onnxruntime", "openvino"):
+            logger.warning("encoder backend %s runs on the CPU only; using PyTorch on %s", backend, self.device)
+            backend = "torch"
+        return backend, precision
+
+    def make_sam(self):
+        """The SAM backbone on the trainer's device, its image encoder on the configured backend."""
+        from samunet.sam.encoder_backends import EncoderBackendError
+        from samunet.sam.registry import build_sam
+
+        sam = build_sam(self.sam_name, self.sam_checkpoint, self.device)
+        try:
+            return sam.configure_encoder(*self.encoder_settings)
+        except EncoderBackendError as exc:
+            if getattr(self, "output_folder", None) is not None:  # training: the user asked for it here
+                raise
+            # a checkpoint loaded for prediction on a machine that lacks what it was trained with
+            logger.warning("%s; predicting with --encoder_backend auto --encoder_precision fp32", exc)
+            return sam.configure_encoder("auto", "fp32")
 
     def setting(self, key: str):
         if self.options.get(key) is not None:
