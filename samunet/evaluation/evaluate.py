@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -86,14 +85,9 @@ def _evaluate_case(task: tuple) -> dict:
 
 
 def _run(tasks: list[tuple], num_processes: int) -> list[dict]:
-    from tqdm import tqdm
+    from samunet.utilities.resources import map_with_progress
 
-    bar = dict(total=len(tasks), desc="evaluating", unit="case", disable=None)
-    if num_processes > 1 and len(tasks) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(tasks))) as pool:
-            return list(tqdm(pool.imap(_evaluate_case, tasks), **bar))
-    return [_evaluate_case(t) for t in tqdm(tasks, **bar)]
+    return map_with_progress(_evaluate_case, tasks, num_processes, "evaluating")
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -11,7 +11,6 @@ processes if asked.
 from __future__ import annotations
 
 import gzip
-import multiprocessing
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,11 +314,6 @@ def check_case(task: CaseTask) -> CaseResult:
 
 def check_cases(tasks: list[CaseTask], num_processes: int) -> list[CaseResult]:
     """:func:`check_case` for every task, in order; ``num_processes > 1`` uses spawned workers."""
-    from tqdm import tqdm
+    from samunet.utilities.resources import map_with_progress
 
-    bar = dict(total=len(tasks), desc="checking cases", unit="case", disable=None)
-    if num_processes > 1 and len(tasks) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(tasks))) as pool:
-            return list(tqdm(pool.imap(check_case, tasks), **bar))
-    return [check_case(t) for t in tqdm(tasks, **bar)]
+    return map_with_progress(check_case, tasks, num_processes, "checking cases")

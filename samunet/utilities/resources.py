@@ -95,3 +95,17 @@ def cap_workers_by_memory(requested: int, bytes_per_worker: int, what: str = "wo
         )
         return fit
     return requested
+
+
+def map_with_progress(fn, tasks: list, num_processes: int, desc: str, unit: str = "case") -> list:
+    """``[fn(t) for t in tasks]`` in order with a progress bar; ``num_processes > 1`` runs ``fn``
+    in spawned workers (``fn`` must be a module-level function)."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    bar = dict(total=len(tasks), desc=desc, unit=unit, disable=None)
+    if num_processes > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(tasks))) as pool:
+            return list(tqdm(pool.imap(fn, tasks), **bar))
+    return [fn(t) for t in tqdm(tasks, **bar)]

@@ -183,7 +183,6 @@ def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
 def test_promise_on_multisite_prostate_slices(shared_data, samunet_roots, tmp_path):
     """Convert the shared multisite prostate slices, train a couple of iterations on one
     domain and predict another domain's raw slice through the common predictor."""
-    import SimpleITK as sitk  # noqa: F401  (imageio dependency present)
     from samunet.dataset_conversion.convert_2d_folder import convert_2d_folder
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from samunet.inference.predictor import predict_folder
