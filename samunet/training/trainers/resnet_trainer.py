@@ -7,6 +7,7 @@ import torch
 
 from samunet.inference.slice_inference import predict_volume_slices
 from samunet.networks.resnet_segmenter import build_stage1_network
+from samunet.training.augmentation import training_transforms
 from samunet.training.losses import DiceCELoss, num_outputs_for
 from samunet.training.optim import build_adamw_poly
 from samunet.training.trainer_base import BaseTrainer
@@ -16,8 +17,17 @@ class ResNetTrainer(BaseTrainer):
     """ResNet encoder + U-Net decoder (or DeepLabV3-ResNet50), Dice + CE, AdamW + poly LR.
 
     Backbone, width, patch and batch size, epochs and learning rate come from
-    ``plans["stage1"]``.
+    ``plans["stage1"]``, as does ``dg_augmentation`` (default on: GIN-style random
+    convolution, intensity curves and location-scale on half the training samples).
     """
+
+    def make_datasets(self) -> None:
+        super().make_datasets()
+        # same patch as the base class; only the DG switch differs
+        cfg = self.plans[self.plans_section]
+        patch = cfg.get("patch_size", self.plans["stage1"]["patch_size"])
+        self.transforms = training_transforms(
+            patch, dg_augmentation=bool(self.plans["stage1"].get("dg_augmentation", True)))
 
     def network_config(self) -> dict:
         cfg = self.plans["stage1"]
