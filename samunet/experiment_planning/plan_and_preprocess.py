@@ -17,6 +17,7 @@ from tqdm import tqdm
 from samunet.dataset_conversion.dataset_json import DatasetJsonError, load_dataset_json, training_cases
 from samunet.experiment_planning.fingerprint import compute_fingerprint
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME, plan_experiment, preprocessing_hash
+from samunet.experiment_planning.plans_io import data_identifier, plans_file_name  # noqa: F401  (re-exported)
 from samunet.experiment_planning.splits import SplitsMismatchError, make_or_check_splits
 from samunet.imageio import ImageReadError
 from samunet.paths import preprocessed_root, raw_root
@@ -26,15 +27,6 @@ from samunet.utilities.file_io import load_json, save_json
 from samunet.utilities.resources import cap_workers_by_memory, default_num_processes
 
 logger = logging.getLogger(__name__)
-
-
-def plans_file_name(plans_name: str = DEFAULT_PLANS_NAME) -> str:
-    """``plans.json`` for the default plans, ``<plans_name>.json`` for others."""
-    return "plans.json" if plans_name == DEFAULT_PLANS_NAME else f"{plans_name}.json"
-
-
-def data_identifier(plans: dict) -> str:
-    return f"{plans['plans_name']}_2d"
 
 
 def raw_signature(raw_folder: Path, dataset_json: dict) -> str:

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from samunet.dataset_conversion.dataset_json import foreground_labels, label_values
+from samunet.experiment_planning import method_defaults
 
 PLANS_VERSION = 1
 DEFAULT_PLANS_NAME = "samunetPlans"
@@ -165,6 +166,7 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "batch_size": 8,
             "initial_lr": 1e-4,
             "weight_decay": 1e-3,
+            **method_defaults.SAM_CHAIN,
         },
         "prompting": {
             "theta1": 0.75,
@@ -175,7 +177,9 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "mosaic": False,
             "legacy_box_offset": False,
             "slice_margin": 1,
+            **method_defaults.MULTI_BOX,
         },
+        "embedding_head": dict(method_defaults.EMBEDDING_HEAD),
         **method_settings(),
         "decisions": decisions,
     }

@@ -117,7 +117,7 @@ def _slim_copy(checkpoint: dict, path: Path) -> Path:
 def _export(folder: Path, dataset_name: str, trainer_name: str, folds: list[str], output_file: Path, plans_name: str,
             checkpoint_name: str, keep_optimizer: bool, tmpdir: Path) -> Path:
     import samunet
-    from samunet.experiment_planning.plan_and_preprocess import plans_file_name
+    from samunet.experiment_planning.plans_io import plans_file_name
     from samunet.paths import preprocessed_root, raw_root
     from samunet.training.checkpoint import load_checkpoint
 

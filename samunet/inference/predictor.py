@@ -229,7 +229,7 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
 
 
 def main(argv=None) -> None:
-    from samunet.run.train import add_encoder_arguments
+    from samunet.utilities.cli_arguments import add_encoder_arguments
 
     p = argparse.ArgumentParser(prog="samunet_predict", description=__doc__.splitlines()[0])
     p.add_argument("-i", required=True, help="input folder with CASE_0000<ending> files")

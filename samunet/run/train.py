@@ -6,77 +6,12 @@ import argparse
 import logging
 import sys
 
-import torch
+from samunet.training.fold_training import DEFAULT_TRAINER, train_fold
+from samunet.utilities.cli_arguments import add_encoder_arguments, parse_options
 
-DEFAULT_TRAINER = "SAMBoxTrainer"  # the whole SAMMed chain: stage 1 (trained if missing), then SAM
+train = train_fold  # old name, kept for existing imports
 
-
-def train(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None, device: str | None = None,
-          num_epochs: int | None = None, num_iterations: int | None = None, resume: bool = False,
-          val_only: bool = False, use_best: bool = False, seed: int = 12345, skip_validation: bool = False,
-          **options):
-    """Train (or only validate) one fold; returns the trainer."""
-    from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
-    from samunet.training import distributed as dist_utils
-    from samunet.training.final_validation import run_final_validation
-    from samunet.training.registry import find_trainer
-    from samunet.training.trainer_base import default_device
-
-    dev = torch.device(device) if device else default_device()
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("-device cuda was requested but no CUDA device is available; use -device cpu")
-    dist_utils.init_from_env(dev)
-    cls = find_trainer(trainer_name)
-    options = {k: v for k, v in options.items() if v is not None}
-    trainer = cls(dataset, fold, plans_name or DEFAULT_PLANS_NAME, device=dev, num_epochs=num_epochs,
-                  num_iterations_per_epoch=num_iterations, seed=seed, **options)
-    if val_only:
-        trainer.initialize()
-        from samunet.training.trainers.sam_common import SAMTrainerMixin
-
-        if isinstance(trainer, SAMTrainerMixin):
-            trainer.make_datasets()  # SAM trainers: stage 1 and the embedding/feature caches
-        name = "checkpoint_best.pth" if use_best else "checkpoint_final.pth"
-        trainer.load(trainer.output_folder / name, weights_only_network=True)
-    else:
-        trainer.run_training(resume=resume)
-        if use_best and (trainer.output_folder / "checkpoint_best.pth").is_file():
-            trainer.load(trainer.output_folder / "checkpoint_best.pth", weights_only_network=True)
-    if trainer.rank == 0 and not skip_validation:
-        results = run_final_validation(trainer)
-        for split, summary in results.items():
-            if summary:
-                logging.getLogger(__name__).info("%s: mean foreground Dice %.4f", split, summary["foreground_mean"]["Dice"])
-    dist_utils.barrier()
-    return trainer
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """``["key=value", ...]`` from ``--opt`` -> ``{key: value}``; values parsed as JSON when they are JSON."""
-    import json
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--opt {pair!r}: expected KEY=VALUE, e.g. --opt legacy_double_sigmoid=true")
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value
-    return options
-
-
-def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
-    """``--encoder_backend`` and ``--encoder_precision`` (samunet_train, samunet_predict, cache builds)."""
-    from samunet.sam.encoder_backends import ENCODER_BACKENDS, ENCODER_PRECISIONS
-
-    p.add_argument("--encoder_backend", default=None, choices=ENCODER_BACKENDS,
-                   help="runtime of the frozen SAM image encoder (default auto: OpenVINO or ONNX Runtime when "
-                        "installed and matching PyTorch within 1e-3, else PyTorch; PyTorch on CUDA)")
-    p.add_argument("--encoder_precision", default=None, choices=ENCODER_PRECISIONS,
-                   help="fp32 (default) or bf16 (only where the CPU/GPU computes bf16 natively; bf16 embeddings are "
-                        "cached apart from fp32 ones)")
+__all__ = ["DEFAULT_TRAINER", "add_encoder_arguments", "main", "parse_options", "train", "train_fold"]
 
 
 def main(argv=None) -> None:
@@ -111,11 +46,12 @@ def main(argv=None) -> None:
 
     try:
         options = parse_options(args.opt)
-        train(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
-              args.val_only, args.use_best, args.seed, args.no_validation, **{
-                  "sam": args.sam, "sam_checkpoint": args.sam_checkpoint, "stage1_epochs": args.stage1_epochs,
-                  "stage1_iters": args.stage1_iters, "points": args.points,
-                  "encoder_backend": args.encoder_backend, "encoder_precision": args.encoder_precision, **options})
+        train_fold(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
+                   args.val_only, args.use_best, args.seed, args.no_validation, **{
+                       "sam": args.sam, "sam_checkpoint": args.sam_checkpoint, "stage1_epochs": args.stage1_epochs,
+                       "stage1_iters": args.stage1_iters, "points": args.points,
+                       "encoder_backend": args.encoder_backend, "encoder_precision": args.encoder_precision,
+                       **options})
     except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:  # incl. SamCheckpointError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")

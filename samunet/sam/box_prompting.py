@@ -2,8 +2,10 @@
 
 Modes (``--prompt``):
 
-- ``auto``: SAMMed's mask filtering: threshold stage-1 probabilities at θ1, keep the largest
-  connected component of the downsampled mask, take its box;
+- ``auto``: SAMMed's mask filtering: threshold stage-1 probabilities at θ1, then one box per
+  sizeable connected component (``prompting.boxes_per_label``, ``component_min_fraction`` of
+  the largest; :func:`slice_box_sets`), or — plans without those keys, and
+  :func:`slice_boxes` — the largest component of the downsampled mask only (SAMMed's rule);
 - ``unfiltered_box``: the box of every stage-1 pixel above 0.9 (SAMMed's "SAM + ResNet" row);
 - ``full_box``: the whole slice on every slice (SAMMed's "SAM + Full" row);
 - ``gt_box``: the reference mask's tight box (the upper bound; needs reference labels).
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samunet.sam.prompts import full_box, jitter_box, largest_component_box, mask_box, unfiltered_box
+from samunet.sam.prompts import (component_boxes, full_box, jitter_box, largest_component_box, mask_box,
+                                 unfiltered_box)
 
 PROMPT_MODES = ("auto", "gt_box", "full_box", "unfiltered_box")
 
@@ -53,9 +56,57 @@ def slice_boxes(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | 
             continue
         if rng is not None and mode in ("auto", "unfiltered_box", "gt_box"):
             lo, hi = prompting["box_jitter_px"]
-            box = jitter_box(box, rng, int(hi), slice_shape)
+            box = jitter_box(box, rng, int(hi), slice_shape, min_shift=int(lo))
         out[label] = np.asarray(box)
     return out
+
+
+def multi_box_settings(prompting: dict) -> tuple[int, float, int] | None:
+    """``(boxes_per_label, component_min_fraction, component_min_pixels)`` from the plan, or
+    None for plans without them (one largest-component box, SAMMed's rule)."""
+    if "boxes_per_label" not in prompting and "component_min_fraction" not in prompting:
+        return None
+    return (int(prompting.get("boxes_per_label", 4)), float(prompting.get("component_min_fraction", 0.2)),
+            int(prompting.get("component_min_pixels", 16)))
+
+
+def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | None, labels: list[int],
+                   prompting: dict, rng: np.random.Generator | None = None,
+                   slice_shape: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Like :func:`slice_boxes`, but ``{label: (n, 4) boxes}``: in ``auto`` mode one box per
+    sizeable connected component (:func:`samunet.sam.prompts.component_boxes`) when the plan
+    sets ``prompting.boxes_per_label``; every other mode gives one box per label."""
+    settings = multi_box_settings(prompting)
+    if mode != "auto" or settings is None:
+        return {l: b[None] for l, b in slice_boxes(mode, fg_probs, ref_slice, labels, prompting, rng,
+                                                   slice_shape).items()}
+    max_boxes, min_fraction, min_pixels = settings
+    shape = fg_probs.shape[1:]
+    out = {}
+    for i, label in enumerate(labels):
+        boxes = component_boxes(fg_probs[i], prompting["theta1"], min_fraction, max_boxes, min_pixels)
+        if rng is not None:
+            lo, hi = prompting["box_jitter_px"]
+            boxes = [jitter_box(b, rng, int(hi), shape, min_shift=int(lo)) for b in boxes]
+        if boxes:
+            out[label] = np.stack(boxes)
+    return out
+
+
+def component_target(label_mask: np.ndarray, box) -> np.ndarray:
+    """The reference target of one box: the connected components of ``label_mask`` (8-connected)
+    that overlap the box, whole (they may extend beyond it). Empty for a box on background,
+    so the decoder learns to reject a false-positive box."""
+    from scipy import ndimage
+
+    m = np.asarray(label_mask, dtype=bool)
+    if not m.any():
+        return np.zeros_like(m)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    comps, _ = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
+    ids = np.unique(comps[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1])
+    ids = ids[ids > 0]
+    return np.isin(comps, ids) if ids.size else np.zeros_like(m)
 
 
 def mask_to_low_res(masks: torch.Tensor, scaled_hw, input_size: int, low_res: int = 256) -> torch.Tensor:

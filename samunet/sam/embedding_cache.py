@@ -90,17 +90,24 @@ class CaseLock:
 
 class EmbeddingCache:
     def __init__(self, preprocessed_dataset_folder: str | Path, data_identifier: str, backbone: str,
-                 weights_identity: str, input_size: int, dtype: str = "float16", precision: str = "fp32"):
+                 weights_identity: str, input_size: int, dtype: str = "float16", precision: str = "fp32",
+                 variant: str = "", transform=None):
         self.data_folder = Path(preprocessed_dataset_folder) / data_identifier
         self.precision = precision
         suffix = "" if precision == "fp32" else f"_{precision}"
         self.folder = Path(preprocessed_dataset_folder) / "embeddings" / f"{backbone}{suffix}"
+        if variant:  # e.g. an appearance view: beside the plain embeddings, removed with them
+            self.folder = self.folder / variant
         self.meta = {
             "format_version": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights_identity,
             "input_size": int(input_size), "dtype": dtype, "data_identifier": data_identifier,
         }
         if precision != "fp32":  # fp32 caches keep the meta they always had (no rebuild)
             self.meta["encoder_precision"] = precision
+        if variant:
+            self.meta["variant"] = variant
+        # transform(data (C, Z, Y, X), case) -> data: applied before encoding (appearance views)
+        self.transform = transform
         self.dtype = np.dtype(dtype)
         self._maps: dict[str, np.ndarray] = {}
         self._infos: dict[str, dict] = {}
@@ -156,6 +163,8 @@ class EmbeddingCache:
         npz = self.data_folder / f"{case}.npz"
         sha = file_sha1(npz)
         data = load_npz(npz)["data"]
+        if self.transform is not None:
+            data = self.transform(data, case)
         emb, scaled_hw = encode_volume(sam, data, batch_size)
         (self.folder / f"{case}.json").unlink(missing_ok=True)
         with atomic_path(self.folder / f"{case}.npy", suffix=".npy") as tmp:

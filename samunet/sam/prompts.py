@@ -71,6 +71,36 @@ def largest_component_box(prob: np.ndarray, theta1: float = 0.75, downsample_fac
     return _as_box(x0 * f, y0 * f, min(x1 * f + f - 1, W - 1), min(y1 * f + f - 1, H - 1))
 
 
+def component_boxes(prob: np.ndarray, theta1: float = 0.75, min_fraction: float = 0.2, max_boxes: int = 4,
+                    min_pixels: int = 16) -> list[Box]:
+    """One box per sizeable connected component of ``prob > theta1`` (labels with several
+    parts: two lungs, two kidneys, several polyps), largest first.
+
+    Components are 8-connected on the full-resolution mask (exact: nothing is merged or
+    grown by downsampling). A component is kept when it has at least ``min_pixels`` pixels
+    and at least ``min_fraction`` of the largest one's; at most ``max_boxes`` are returned
+    (``max_boxes=1``, ``min_fraction=1`` is the largest component's box alone). Empty
+    list when nothing exceeds ``theta1``."""
+    p = np.asarray(prob)
+    if p.ndim != 2:
+        raise ValueError(f"prob must be 2D, got shape {p.shape}")
+    mask = p > theta1
+    if not mask.any():
+        return []
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-sizes, kind="stable")
+    largest = sizes[order[0]]
+    boxes = []
+    slices = ndimage.find_objects(labels)
+    for i in order[: max(1, int(max_boxes))]:
+        if sizes[i] < max(int(min_pixels), min_fraction * largest) and boxes:
+            break
+        sy, sx = slices[i]
+        boxes.append(_as_box(sx.start, sy.start, sx.stop - 1, sy.stop - 1))
+    return boxes
+
+
 def unfiltered_box(prob: np.ndarray, theta: float = 0.9) -> Optional[Box]:
     """Box of all pixels with ``prob > theta``, no component filtering (SAMMed's
     "SAM + unfiltered box" ablation). None if empty."""
@@ -85,12 +115,15 @@ def full_box(shape_hw: Sequence[int]) -> Box:
 
 
 def jitter_box(box: Sequence[int], rng: np.random.Generator, max_shift: int = 9,
-               shape_hw: Optional[Sequence[int]] = None) -> Box:
-    """Expand each side independently by a random integer in ``[0, max_shift]``; the box
-    never shrinks. Clipped to ``[0, W - 1] × [0, H - 1]`` when ``shape_hw`` is given (else
+               shape_hw: Optional[Sequence[int]] = None, min_shift: int = 0) -> Box:
+    """Expand each side independently by a random integer in ``[min_shift, max_shift]``; the
+    box never shrinks. Clipped to ``[0, W - 1] × [0, H - 1]`` when ``shape_hw`` is given (else
     only at 0)."""
     b = np.asarray(box, dtype=np.int64).reshape(4)
-    s = rng.integers(0, int(max_shift) + 1, size=4)
+    lo, hi = int(min_shift), int(max_shift)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"box jitter must satisfy 0 <= min <= max, got [{lo}, {hi}] (plans.json prompting.box_jitter_px)")
+    s = rng.integers(lo, hi + 1, size=4)
     x0, y0, x1, y1 = b[0] - s[0], b[1] - s[1], b[2] + s[2], b[3] + s[3]
     x0, y0 = max(int(x0), 0), max(int(y0), 0)
     if shape_hw is not None:

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from samunet.experiment_planning.plan_and_preprocess import data_identifier, plans_file_name
+from samunet.experiment_planning.method_defaults import fill_plan_defaults
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.experiment_planning.splits import load_fold
 from samunet.paths import preprocessed_root, results_root
@@ -48,9 +49,11 @@ class BaseTrainer:
     wrap_in_ddp = True  # False for trainers that average gradients themselves (see distributed.average_gradients)
     # option names this class accepts (``samunet_train --opt KEY=VALUE``); subclasses add theirs,
     # and keys of a class's ``DEFAULTS`` are accepted too
-    OPTIONS: frozenset = frozenset({"batch_size", "num_val_iterations"})
+    OPTIONS: frozenset = frozenset({"batch_size", "num_val_iterations", "time_budget"})
     # options that do not change what is trained (a resumed run may differ in them)
-    RUNTIME_OPTIONS: frozenset = frozenset({"encoder_backend"})
+    RUNTIME_OPTIONS: frozenset = frozenset({"encoder_backend", "time_budget"})
+    # share of the time budget kept for the final validation (prediction of val/test cases)
+    validation_reserve_fraction = 0.1
 
     @classmethod
     def known_options(cls) -> set[str]:
@@ -71,6 +74,9 @@ class BaseTrainer:
                  device: torch.device | str | None = None, num_epochs: int | None = None,
                  num_iterations_per_epoch: int | None = None, seed: int = 12345, **options):
         self.check_options(options)
+        self.budget_start = time.perf_counter()  # the time budget counts from here
+        # --epochs/--iters given: the schedule is the user's, never sized to a time budget
+        self.explicit_schedule = num_epochs is not None or num_iterations_per_epoch is not None
         self.dataset_name = resolve_dataset(dataset)
         self.fold = str(fold)
         self.options = dict(options)  # trainer-specific settings (e.g. the SAM backbone), kept in checkpoints
@@ -79,7 +85,7 @@ class BaseTrainer:
         plans_file = self.preprocessed_folder / plans_file_name(plans_name)
         if not plans_file.is_file():
             raise FileNotFoundError(f"{plans_file} not found: run samunet_plan_and_preprocess -d {dataset} first.")
-        self.plans = load_json(plans_file)
+        self.plans = fill_plan_defaults(load_json(plans_file))
         self.dataset_json = load_json(self.preprocessed_folder / "dataset.json")
         self.split = load_fold(self.preprocessed_folder, self.fold)
         self.data_folder = self.preprocessed_folder / data_identifier(self.plans)
@@ -138,7 +144,7 @@ class BaseTrainer:
         ckpt = load_checkpoint(path, map_location="cpu")
         self = cls.__new__(cls)
         self.device = torch.device(device) if device is not None else default_device()
-        self.plans = json.loads(ckpt["plans"])
+        self.plans = fill_plan_defaults(json.loads(ckpt["plans"]))
         self.dataset_json = json.loads(ckpt["dataset_json"])
         self.dataset_name = self.plans["dataset_name"]
         self.fold = ckpt["fold"]
@@ -221,6 +227,72 @@ class BaseTrainer:
         self.progress = ProgressLogger(json.loads(ckpt["progress"]))
         restore_rng_state(ckpt["rng_state"], self.rng)
 
+    # ---- time budget --------------------------------------------------------------
+    def time_budget_s(self) -> float | None:
+        """Seconds this run may take (``--time_budget``; default: 30 min on a CPU, none on a GPU),
+        or None (the plan's schedule). None whenever ``--epochs``/``--iters`` were given."""
+        from samunet.training.schedule import default_time_budget, parse_duration
+
+        if self.explicit_schedule:
+            return None
+        value = self.options.get("time_budget")
+        if value is None or str(value).strip().lower() == "auto":
+            return default_time_budget(self.device)
+        if str(value).strip().lower() in ("none", "off", "0", "plan"):
+            return None
+        return parse_duration(value)
+
+    def measure_step_seconds(self, repeats: int = 3) -> float:
+        """Seconds per training step, measured on real batches; weights, optimiser and the
+        training RNG are restored afterwards, so the run is as if it had not been measured."""
+        import copy
+
+        from samunet.training.schedule import measure_seconds_per_call
+
+        weights = copy.deepcopy(self.network.state_dict())
+        opt_state = copy.deepcopy(self.optimizer.state_dict())
+        saved_rng, self.rng = self.rng, np.random.default_rng([self.seed, 99, self.rank])
+        try:
+            return measure_seconds_per_call(lambda: self.train_step(self.next_train_batch()), warmup=1,
+                                            repeats=repeats)
+        finally:
+            self.network.load_state_dict(weights)
+            self.optimizer.load_state_dict(opt_state)
+            self.rng = saved_rng
+
+    def fit_schedule(self, resume: bool) -> None:
+        """Size epochs x iterations to the time budget (or reuse the sized schedule of the run
+        being resumed); logs what was sized and why, writes ``schedule.json``."""
+        from samunet.training.schedule import format_duration, size_stage
+        from samunet.utilities.file_io import save_json
+
+        file = self.output_folder / "schedule.json"
+        if resume and file.is_file():
+            sized = load_json(file)
+        else:
+            budget = self.time_budget_s()
+            if budget is None:
+                return
+            elapsed = time.perf_counter() - self.budget_start
+            left = budget - elapsed - self.validation_reserve_fraction * budget
+            spi = self.measure_step_seconds()
+            per_epoch = self.num_val_iterations * spi * 0.4  # validation batches: forward only
+            stage = size_stage(type(self).__name__, max(left, 0.0), spi, self.num_epochs, self.num_iterations_per_epoch,
+                               per_epoch_overhead_s=per_epoch)
+            sized = {"num_epochs": stage.num_epochs, "num_iterations_per_epoch": stage.iterations_per_epoch,
+                     "time_budget_s": budget, "seconds_per_iteration": spi,
+                     "reason": f"time budget {format_duration(budget)}, {format_duration(elapsed)} spent before "
+                               f"training (data, caches), {int(100 * self.validation_reserve_fraction)}% kept for "
+                               f"validation: {stage.reason}"}
+            if self.rank == 0:
+                self.output_folder.mkdir(parents=True, exist_ok=True)
+                save_json(sized, file)
+        changed = (sized["num_epochs"], sized["num_iterations_per_epoch"]) != (self.num_epochs, self.num_iterations_per_epoch)
+        self.num_epochs, self.num_iterations_per_epoch = int(sized["num_epochs"]), int(sized["num_iterations_per_epoch"])
+        logger.info("schedule of %s: %s", type(self).__name__, sized["reason"])
+        if changed:  # learning-rate schedules depend on the number of epochs
+            self.optimizer, self.scheduler = self.configure_optimizers()
+
     # ---- the loop -----------------------------------------------------------------
     def train_step(self, batch: dict) -> float:
         data = torch.from_numpy(batch["data"]).to(self.device)
@@ -299,6 +371,7 @@ class BaseTrainer:
                 remove_stale_temp_files(self.output_folder / name)
         self.initialize()
         self.make_datasets()
+        self.fit_schedule(resume)
         if resume:
             latest = self.output_folder / "checkpoint_latest.pth"
             if latest.is_file():

@@ -8,7 +8,7 @@ mode → output ``mask_token`` (default 0, the first multimask output, i.e. mask
 the reference) → 256² logits. No stage 1, no boxes.
 
 Settings (trainer option, e.g. ``samunet_train ... -tr ProMISeTrainer --points 16`` or a
-keyword argument of ``samunet.run.train.train``; else ``plans["promise"][key]`` if the plan
+keyword argument of ``samunet.training.fold_training.train_fold``; else ``plans["promise"][key]`` if the plan
 has that section; else the default):
 
 =========================  =======  ==============================================================

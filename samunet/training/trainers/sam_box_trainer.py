@@ -1,38 +1,52 @@
-"""SAMMed stage 2: box prompts from the stage-1 ResNet, SAM with a fine-tuned mask decoder.
+"""SAMMed stage 2: box prompts from a stage-1 segmenter, SAM with an adapted mask decoder.
 
-The chain: stage-1 probabilities -> θ1 threshold -> largest connected component of the
-downsampled mask -> its box (jittered in training) -> frozen prompt encoder -> fine-tuned
-mask decoder on the cached image embedding -> sigmoid -> θ2. Only the mask decoder is
-trained; image and prompt encoders are frozen, and image embeddings come from the
-embedding cache, so an epoch costs decoder work only.
+The chain: stage-1 probabilities -> θ1 threshold -> one box per sizeable connected component
+of each label (``prompting.boxes_per_label``; SAMMed's rule, the largest component only, for
+plans without it) -> frozen prompt encoder -> mask decoder on the cached image embedding ->
+sigmoid, boxes of a label merged by max -> θ2. Only the mask decoder is trained; image and
+prompt encoders are frozen, and image embeddings come from the embedding cache, so an epoch
+costs decoder work only.
 
-If the fold's stage-1 model (``ResNetTrainer``) is missing it is trained first, so
-``samunet_train DATASET FOLD`` runs the whole chain.
+Stage 1 is any registered stage-1 trainer: ``--stage1 TRAINER`` or the plan's
+``sam.stage1_trainer`` (default ``EmbeddingHeadTrainer``, a head on the same cached embedding;
+``ResNetTrainer`` is SAMMed's paper setting). If the fold's stage-1 model is missing it is
+trained first, so ``samunet_train DATASET FOLD`` runs the whole chain.
+
+Adapting the decoder without forgetting what SAM knew (plan ``sam`` section):
+
+- the boxes it learns from come from stage-1 models that did not see the case
+  (``oof_folds`` heads inside the training cases), so they are as good or bad as test boxes;
+- ``gt_box_fraction`` of the prompts are jittered reference boxes (what a user draws);
+- ``l2sp_weight``: an L2 pull towards the pretrained decoder weights;
+- ``validation_choice``: on the fold's (source) validation cases the adapted decoder is kept
+  only where it beats the original one with automatic boxes, and each label's final mask is
+  SAM's or stage 1's, whichever validates better; the choice is stored in the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from samunet.sam.box_prompting import PROMPT_MODES, mask_to_low_res, slice_boxes
-from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
+from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
+                                       slice_box_sets, slice_boxes)
+from samunet.sam.embedding_cache import encode_volume
 from samunet.sam.embedding_lru import prediction_lru
-from samunet.sam.registry import weights_identity
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
 from samunet.training.trainers.sam_common import SAMTrainerMixin
-from samunet.experiment_planning.plan_and_preprocess import data_identifier
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 
 logger = logging.getLogger(__name__)
 
-STAGE1_TRAINER = "ResNetTrainer"
+DEFAULT_STAGE1_TRAINER = "EmbeddingHeadTrainer"
+PAPER_STAGE1_TRAINER = "ResNetTrainer"  # SAMMed's setting (DeepLabV3/ResNet from scratch)
 
 
 class DiceBCEWithLogits(torch.nn.Module):
@@ -46,10 +60,16 @@ class DiceBCEWithLogits(torch.nn.Module):
         return bce + (1 - dice).mean()
 
 
-class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
-    """SAMMed (Wang et al.): ResNet boxes -> SAM with a fine-tuned mask decoder."""
+def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
+    denom = int(pred.sum()) + int(ref.sum())
+    return None if denom == 0 else 2.0 * float((pred & ref).sum()) / denom
 
-    OPTIONS = frozenset({"stage1_epochs", "stage1_iters", "train_box_source"})
+
+class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
+    """SAMMed (Wang et al.): stage-1 boxes -> SAM with an adapted mask decoder."""
+
+    OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
+                         "gt_box_fraction", "l2sp_weight", "validation_choice"})
 
     plans_section = "sam"
     wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
@@ -67,11 +87,23 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
                 "samunet.sam.prompts for experiments)")
         return prompting
 
+    def chain_setting(self, key: str, default):
+        """Trainer option (``--opt``), else the plan's ``sam`` section, else ``default``."""
+        if self.options.get(key) is not None:
+            return self.options[key]
+        value = self.plans["sam"].get(key)
+        return default if value is None else value
+
+    @property
+    def stage1_name(self) -> str:
+        return str(self.chain_setting("stage1", None) or self.plans["sam"].get("stage1_trainer") or DEFAULT_STAGE1_TRAINER)
+
     def network_config(self) -> dict:
         return {"sam": self.sam_name, "sam_checkpoint": self.sam_checkpoint}
 
     def build_network(self) -> torch.nn.Module:
-        self.sam = self.make_sam()  # image encoder on --encoder_backend/--encoder_precision
+        if getattr(self, "sam", None) is None:
+            self.sam = self.make_sam()  # image encoder on --encoder_backend/--encoder_precision
         return self.sam.mask_decoder  # the only trained part
 
     def build_loss(self):
@@ -79,59 +111,110 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
 
     def configure_optimizers(self):
         cfg = self.plans["sam"]
+        # the pretrained decoder, for the L2-SP pull and the original-vs-adapted choice
+        self.pretrained_decoder = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
         opt = torch.optim.Adam(self.sam.trainable_decoder_parameters(), lr=cfg["initial_lr"],
                                weight_decay=cfg.get("weight_decay", 0.0))
         return opt, None  # constant learning rate, as in SAMMed
 
     # ---- stage 1 ------------------------------------------------------------------
-    def ensure_stage1(self):
-        """Load the fold's stage-1 model, training it first when it is missing."""
-        from samunet.training.trainers.resnet_trainer import ResNetTrainer
+    def _stage1_class(self):
+        from samunet.training.registry import find_trainer
 
-        folder = trainer_output_folder(self.dataset_name, STAGE1_TRAINER, self.plans_name, self.fold)
+        cls = find_trainer(self.stage1_name)
+        if issubclass(cls, SAMBoxTrainer) or getattr(cls, "plans_section", None) == "sam":
+            raise ValueError(f"--stage1 {self.stage1_name}: a stage-1 trainer must be a segmenter that needs no "
+                             "prompt (ResNetTrainer, ResNetTrainer_DeepLabV3, EmbeddingHeadTrainer, ...)")
+        return cls
+
+    def _stage1_options(self, cls) -> dict:
+        """Options passed on to a stage-1 trainer that runs on the same SAM backbone."""
+        if not issubclass(cls, SAMTrainerMixin):
+            return {}
+        return {k: self.options[k] for k in ("sam", "sam_checkpoint", "encoder_backend", "encoder_precision")
+                if self.options.get(k) is not None}
+
+    def ensure_stage1(self, time_budget: float | None = None):
+        """Load the fold's stage-1 model, training it first when it is missing (sized to
+        ``time_budget`` seconds when given, else to ``--stage1_epochs/--stage1_iters`` or the plan)."""
+        from samunet.training.fold_training import train_fold
+
+        cls = self._stage1_class()
+        folder = trainer_output_folder(self.dataset_name, self.stage1_name, self.plans_name, self.fold)
         ckpt = folder / "checkpoint_final.pth"
         if not ckpt.is_file():
-            logger.info("stage 1 (%s) for fold %s is missing: training it first", STAGE1_TRAINER, self.fold)
-            from samunet.run.train import train
-
-            train(self.dataset_name, self.fold, STAGE1_TRAINER, self.plans_name, str(self.device),
-                  self.options.get("stage1_epochs"), self.options.get("stage1_iters"), seed=self.seed)
-        self.stage1 = ResNetTrainer.from_checkpoint(ckpt, self.device)
+            logger.info("stage 1 (%s) for fold %s is missing: training it first", self.stage1_name, self.fold)
+            train_fold(self.dataset_name, self.fold, self.stage1_name, self.plans_name, str(self.device),
+                       self.options.get("stage1_epochs"), self.options.get("stage1_iters"), seed=self.seed,
+                       skip_validation=True, **self._stage1_options(cls),
+                       **({"time_budget": time_budget} if time_budget is not None else {"time_budget": "none"}
+                          if self.time_budget_s() is None and self.options.get("stage1_epochs") is None else {}))
+        self.stage1 = cls.from_checkpoint(ckpt, self.device)
         self.stage1_checkpoint = ckpt
         return self.stage1
+
+    def out_of_fold_stage1(self) -> dict[str, dict]:
+        """``{train case: {"network", "trained_on"}}`` from stage-1 models that did not see the case
+        (``oof_folds`` parts; empty when 0 or when the stage-1 trainer cannot train parts)."""
+        k = self._oof_folds()
+        cls = self._stage1_class()
+        if k < 2 or not hasattr(cls, "train_out_of_fold") or len(self.split["train"]) < 2:
+            return {}
+        # the parts train exactly as long as the fold's stage-1 model did
+        from samunet.utilities.file_io import load_json
+
+        sized = self.stage1_checkpoint.parent / "schedule.json"
+        epochs, iters = self.options.get("stage1_epochs"), self.options.get("stage1_iters")
+        if sized.is_file() and epochs is None and iters is None:
+            s = load_json(sized)
+            epochs, iters = s["num_epochs"], s["num_iterations_per_epoch"]
+        part_trainer = self._stage1_instance(cls, epochs, iters)
+        if epochs is None and iters is None:
+            part_trainer.options["time_budget"] = "none"
+        part_trainer.output_folder = self.stage1_checkpoint.parent
+        return part_trainer.train_out_of_fold(k)
 
     def extra_checkpoint_state(self) -> dict:
         return {
             "stage1_weights": self.stage1.network.state_dict(),
             "stage1_config": json.dumps(self.stage1.network_config()),
-            "stage1_trainer": STAGE1_TRAINER,
+            "stage1_trainer": type(self.stage1).__name__,
+            "stage1_options": json.dumps(getattr(self.stage1, "options", {}) or {}),
+            "final_choice": json.dumps(getattr(self, "final_choice", None)),
         }
 
     def restore_inference_state(self, checkpoint: dict) -> None:
-        from samunet.networks.resnet_segmenter import build_stage1_network
-        from samunet.training.trainers.resnet_trainer import ResNetTrainer
+        from samunet.training.registry import find_trainer
 
-        cfg = json.loads(checkpoint["stage1_config"])
-        stage1 = ResNetTrainer.__new__(ResNetTrainer)
+        name = checkpoint.get("stage1_trainer", PAPER_STAGE1_TRAINER)
+        cls = find_trainer(name)
+        stage1 = cls.__new__(cls)
         stage1.device, stage1.plans, stage1.dataset_json = self.device, self.plans, self.dataset_json
-        stage1.label_values, stage1.batch_size = self.label_values, int(self.plans["stage1"]["batch_size"])
-        stage1.network = build_stage1_network(cfg["backbone"], cfg["in_channels"], cfg["num_outputs"], cfg["base_width"])
+        stage1.label_values, stage1.foreground_labels = self.label_values, self.foreground_labels
+        stage1.batch_size = int(self.plans[cls.plans_section]["batch_size"])
+        stage1.options = json.loads(checkpoint.get("stage1_options", "{}"))
+        stage1.rank, stage1.world_size, stage1.seed = 0, 1, self.seed
+        stage1.restore_inference_state(checkpoint)
+        stage1.network = stage1.build_network()
         stage1.network.load_state_dict(checkpoint["stage1_weights"])
         stage1.network.to(self.device).eval()
         self.stage1 = stage1
+        self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
         self.cache = None
 
     # ---- cache and prompts --------------------------------------------------------
-    def make_cache(self) -> EmbeddingCache:
-        return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
-                              weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
-                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision)
+    def stage1_fg_probs(self, data: np.ndarray, case: str | None = None, network=None) -> np.ndarray:
+        """``(K_fg, Z, Y, X)`` stage-1 probability of each foreground label (``network``: an
+        out-of-fold stage-1 network instead of the fold's)."""
+        context = {"case": case}
+        if network is not None:
+            context["network"] = network
+        return self.stage1.predict_preprocessed(data, **context)[1:]
 
-    def stage1_fg_probs(self, data: np.ndarray) -> np.ndarray:
-        """``(K_fg, Z, Y, X)`` stage-1 probability of each foreground label."""
-        return self.stage1.predict_preprocessed(data)[1:]
+    def _auto_boxes(self, probs_z: np.ndarray, rng=None) -> dict[int, np.ndarray]:
+        return slice_box_sets("auto", probs_z, None, self.foreground_labels, self.prompting, rng)
 
-    def collect_prompts(self, cases: list[str], source: str) -> list[tuple]:
+    def collect_prompts(self, cases: list[str], source: str, oof: dict | None = None) -> list[tuple]:
         """``(case, z, label, box)`` training prompts, per plan/option ``train_box_source``:
 
         - ``stage1`` (default): stage-1 boxes, including false positives (their target is
@@ -139,26 +222,83 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
           object the reference box is used instead, so a weak stage 1 still leaves data;
         - ``stage1_only``: stage-1 boxes only (SAMMed's reference code);
         - ``gt``: reference boxes only.
+
+        ``oof`` (:meth:`out_of_fold_stage1`): a case listed there gets its boxes from the
+        stage-1 network that did not see it.
         """
         if source not in ("stage1", "stage1_only", "gt"):
             raise ValueError(f"train_box_source must be stage1, stage1_only or gt, got {source!r}")
         prompts = []
         for case in tqdm(cases, desc=f"{source} boxes", leave=False):
             data, seg, _ = load_preprocessed_case(self.data_folder, case)
-            probs = self.stage1_fg_probs(data) if source != "gt" else None
+            probs = None
+            if source != "gt":
+                net = (oof or {}).get(case, {}).get("network")
+                probs = self.stage1_fg_probs(data, case, net)
             for z in range(data.shape[1]):
-                boxes = {}
+                found: dict[int, np.ndarray] = {}
                 if source != "gt":
-                    boxes = slice_boxes("auto", probs[:, z], None, self.foreground_labels, self.prompting)
+                    found = self._auto_boxes(probs[:, z])
                 if source != "stage1_only":
                     gt = slice_boxes("gt_box", None, seg[0, z], self.foreground_labels, self.prompting)
-                    boxes = {**gt, **boxes}
-                prompts += [(case, z, label, box) for label, box in boxes.items()]
+                    found = {**{l: b[None] for l, b in gt.items()}, **found}
+                prompts += [(case, z, label, box) for label, boxes in found.items() for box in boxes]
         return prompts
 
+    def reference_prompts(self, cases: list[str]) -> list[tuple]:
+        """``(case, z, label, box)``: the reference box of every label on every slice."""
+        out = []
+        for case in cases:
+            seg = np.asarray(self._seg(case))[0]
+            for z in range(seg.shape[0]):
+                for label, box in slice_boxes("gt_box", None, seg[z], self.foreground_labels, self.prompting).items():
+                    out.append((case, z, label, box))
+        return out
+
+    validation_reserve_fraction = 0.15  # three prompt modes on validation and test cases
+    # shares of the time left after encoding: stage-1 heads (main + out-of-fold parts), decoder
+    STAGE1_SHARE = 0.5
+
     def run_training(self, resume: bool = False) -> None:
-        self.ensure_stage1()  # before seeding, so the RNG streams do not depend on whether stage 1 ran here
+        budget = self.time_budget_s()
+        if getattr(self, "stage1", None) is None and not self._stage1_ready():
+            # encode first (the chain's fixed cost), then give stage 1 its share of what is left
+            self.sam = getattr(self, "sam", None) or self.make_sam()
+            self.cache = self.make_cache()
+            self.cache.build(self.split["train"] + self.split["val"] + self.split.get("test", []), self.sam,
+                             part=self.rank, num_parts=self.world_size)
+            head_budget = None
+            if budget is not None:
+                cls = self._stage1_class()
+                if hasattr(cls, "build_caches"):  # e.g. appearance views: encoded before the clock is split
+                    pre = self._stage1_instance(cls)
+                    pre.build_caches()
+                left = budget * (1 - self.validation_reserve_fraction) - (time.perf_counter() - self.budget_start)
+                heads = 1 + (self._oof_folds() if hasattr(cls, "train_out_of_fold") else 0)
+                head_budget = max(left, 0.0) * self.STAGE1_SHARE / heads
+                logger.info("time budget %.0f s: %.0f s left after encoding; stage 1 gets %.0f s per model (%d "
+                            "model%s), the decoder the rest", budget, left, head_budget, heads, "s" if heads > 1 else "")
+            self.ensure_stage1(head_budget)
+        else:
+            self.ensure_stage1()  # before seeding, so the RNG streams do not depend on whether stage 1 ran here
         super().run_training(resume)
+        if self.rank == 0 and self.chain_setting("validation_choice", False):
+            self.choose_on_validation()
+            self.save("checkpoint_final.pth")
+
+    def _stage1_ready(self) -> bool:
+        folder = trainer_output_folder(self.dataset_name, self.stage1_name, self.plans_name, self.fold)
+        return (folder / "checkpoint_final.pth").is_file()
+
+    def _oof_folds(self) -> int:
+        return int(self.chain_setting("oof_folds", 0) or 0)
+
+    def _stage1_instance(self, cls, num_epochs=None, num_iterations=None):
+        """A stage-1 trainer on this fold that shares this trainer's SAM and embedding cache."""
+        t = cls(self.dataset_name, self.fold, self.plans_name, device=self.device, num_epochs=num_epochs,
+                num_iterations_per_epoch=num_iterations, seed=self.seed, **self._stage1_options(cls))
+        t.sam, t.shared_cache = self.sam, self.cache
+        return t
 
     def make_datasets(self) -> None:
         if getattr(self, "stage1", None) is None:
@@ -168,42 +308,52 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         # under torchrun every rank encodes its share of the cases, then all wait for the rest
         self.cache.build(needed, self.sam, part=self.rank, num_parts=self.world_size)
         dist_utils.barrier()
+        if isinstance(self.stage1, SAMTrainerMixin):  # one SAM and one cache for both stages
+            self.stage1.sam, self.stage1.cache = self.sam, self.cache
         source = self.options.get("train_box_source") or self.plans["sam"].get("train_box_source", "stage1")
-        self.train_prompts = self.collect_prompts(self.split["train"], source)
+        self.oof_sources = {}
+        oof = self.out_of_fold_stage1() if source != "gt" else {}
+        if oof:
+            self.oof_sources = {case: list(v["trained_on"]) for case, v in oof.items()}
+            logger.info("decoder-training boxes: out-of-fold stage 1 (%d parts)", len({id(v["network"]) for v in oof.values()}))
+        self.train_prompts = self.collect_prompts(self.split["train"], source, oof)
         self.val_prompts = self.collect_prompts(self.split["val"], source)
+        self.gt_prompts = self.reference_prompts(self.split["train"])
         if not self.train_prompts:
             raise RuntimeError(
                 f"no box prompts from {source} on the training cases of fold {self.fold}: stage 1 finds no object "
                 "at θ1. Train stage 1 longer, lower prompting.theta1 in plans.json, or set train_box_source to gt."
             )
-        self._segs = {}
         logger.info("%d training prompts, %d validation prompts", len(self.train_prompts), len(self.val_prompts))
 
-    def _seg(self, case: str) -> np.ndarray:
-        if case not in self._segs:
-            self._segs[case] = np.load(self.data_folder / f"{case}.seg.npy", mmap_mode="r") \
-                if (self.data_folder / f"{case}.seg.npy").is_file() else load_preprocessed_case(self.data_folder, case)[1]
-        return self._segs[case]
+    def _target(self, case: str, z: int, label: int, box) -> np.ndarray:
+        mask = np.asarray(self._seg(case)[0, z]) == label
+        if multi_box_settings(self.prompting) is None:
+            return mask  # SAMMed: the label's whole mask, whatever the box
+        return component_target(mask, box)
 
-    def _batch(self, prompts: list[tuple], n: int, rng: np.random.Generator, jitter: bool) -> dict:
-        idx = rng.integers(len(prompts), size=n)
+    def _batch(self, prompts: list[tuple], n: int, rng: np.random.Generator, jitter: bool,
+               gt_prompts: list[tuple] | None = None, gt_fraction: float = 0.0) -> dict:
         emb, boxes, targets = [], [], []
-        for i in idx:
-            case, z, label, box = prompts[i]
+        for _ in range(n):
+            pool = gt_prompts if gt_prompts and gt_fraction > 0 and rng.random() < gt_fraction else prompts
+            case, z, label, box = pool[int(rng.integers(len(pool)))]
             emb.append(np.asarray(self.cache.load(case)[z], dtype=np.float32))
-            seg = np.asarray(self._seg(case)[0, z])
+            target = self._target(case, z, label, box)
             if jitter:
-                lo, hi = self.prompting["box_jitter_px"]
                 from samunet.sam.prompts import jitter_box
 
-                box = jitter_box(box, rng, int(hi), seg.shape)
-            boxes.append(self.sam.scale_boxes(torch.as_tensor(np.asarray(box)[None], dtype=torch.float32), seg.shape)[0])
+                lo, hi = self.prompting["box_jitter_px"]
+                box = jitter_box(box, rng, int(hi), target.shape, min_shift=int(lo))
+            boxes.append(self.sam.scale_boxes(torch.as_tensor(np.asarray(box)[None], dtype=torch.float32), target.shape)[0])
             info = self.cache.info(case)
-            targets.append(mask_to_low_res(torch.from_numpy(seg == label)[None], info["scaled_hw"], self.sam.input_size)[0])
+            targets.append(mask_to_low_res(torch.from_numpy(target)[None], info["scaled_hw"], self.sam.input_size)[0])
         return {"embeddings": torch.from_numpy(np.stack(emb)), "boxes": torch.stack(boxes), "target": torch.stack(targets)}
 
     def next_train_batch(self) -> dict:
-        return self._batch(self.train_prompts, max(1, self.batch_size // self.world_size), self.rng, jitter=True)
+        return self._batch(self.train_prompts, max(1, self.batch_size // self.world_size), self.rng, jitter=True,
+                           gt_prompts=getattr(self, "gt_prompts", None),
+                           gt_fraction=float(self.chain_setting("gt_box_fraction", 0.0)))
 
     def next_val_batch(self, rng: np.random.Generator) -> dict:
         return self._batch(self.val_prompts or self.train_prompts, self.batch_size, rng, jitter=False)
@@ -214,11 +364,20 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         logits, _ = self.sam.decode(emb, sparse, dense, None, multimask_output=False)
         return logits
 
+    def l2sp_penalty(self) -> torch.Tensor:
+        """``sum((w - w_pretrained)^2)`` over the trained decoder weights."""
+        ref = self.pretrained_decoder
+        terms = [((p - ref[n].to(p.device)) ** 2).sum() for n, p in self.sam.mask_decoder.named_parameters()
+                 if p.requires_grad]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
     def train_step(self, batch: dict) -> float:
         self.sam.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self._forward(batch), batch["target"].to(self.device))
-        loss.backward()
+        weight = float(self.chain_setting("l2sp_weight", 0.0))
+        total = loss + weight * self.l2sp_penalty() if weight > 0 else loss
+        total.backward()
         dist_utils.average_gradients(self.sam.trainable_decoder_parameters())
         self.optimizer.step()
         return float(loss.detach())
@@ -234,13 +393,63 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         tp, fp, fn = int((pred & t).sum()), int((pred & ~t).sum()), int((~pred & t).sum())
         return loss, np.array([tp]), np.array([fp]), np.array([fn])
 
+    # ---- the validation choice -----------------------------------------------------
+    def _validation_dice(self, cases: list[str], use_stage1: bool = False) -> dict[int, float]:
+        """Mean Dice per foreground label on ``cases`` (preprocessed frame), automatic prompts;
+        SAM's masks, or stage 1's own with ``use_stage1``."""
+        per_label: dict[int, list[float]] = {l: [] for l in self.foreground_labels}
+        saved, self.final_choice = getattr(self, "final_choice", None), None
+        try:
+            for case in cases:
+                data, seg, _ = load_preprocessed_case(self.data_folder, case)
+                if use_stage1:
+                    probs = self.stage1.predict_preprocessed(data, case=case)
+                else:
+                    probs = self.predict_preprocessed(data, case=case, prompt="auto")
+                pred = probs.argmax(0)
+                for i, label in enumerate(self.foreground_labels, start=1):
+                    d = _dice(pred == i, seg[0] == label)
+                    if d is not None:
+                        per_label[label].append(d)
+        finally:
+            self.final_choice = saved
+        return {l: float(np.mean(v)) if v else float("nan") for l, v in per_label.items()}
+
+    def choose_on_validation(self) -> dict:
+        """Original vs adapted decoder (mean Dice with automatic boxes), then stage 1 vs SAM per
+        label, on the fold's validation cases; stored in ``self.final_choice`` and the checkpoint."""
+        cases = self.split["val"]
+        if not cases:
+            self.final_choice = None
+            return {}
+        adapted = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
+        d_adapted = self._validation_dice(cases)
+        self.sam.mask_decoder.load_state_dict(self.pretrained_decoder)
+        d_original = self._validation_dice(cases)
+        use_adapted = np.nanmean(list(d_adapted.values())) >= np.nanmean(list(d_original.values()))
+        if use_adapted:
+            self.sam.mask_decoder.load_state_dict(adapted)
+        d_sam = d_adapted if use_adapted else d_original
+        d_stage1 = self._validation_dice(cases, use_stage1=True)
+        labels = {str(l): ("stage1" if d_stage1[l] > d_sam[l] else "sam") for l in self.foreground_labels}
+        self.final_choice = {
+            "decoder": "adapted" if use_adapted else "original", "labels": labels,
+            "validation_dice": {"adapted_decoder": d_adapted, "original_decoder": d_original, "stage1": d_stage1},
+        }
+        logger.info("validation choice: %s decoder (auto-box Dice adapted %s, original %s); per label %s "
+                    "(stage 1 alone %s)", self.final_choice["decoder"], _fmt(d_adapted), _fmt(d_original), labels,
+                    _fmt(d_stage1))
+        return self.final_choice
+
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
                              prompt: str = "auto", user_boxes: dict | None = None, prompts_out: list | None = None,
                              **context) -> np.ndarray:
         """``(C, Z, Y, X)`` -> ``(K, Z, Y, X)``: channel 0 holds θ2, channel k SAM's probability
-        for label k, so the argmax is the label above θ2 (background otherwise).
+        for label k (the max over that label's boxes), so the argmax is the label above θ2
+        (background otherwise). With automatic prompts, a label for which the validation
+        choice picked stage 1 gets stage 1's probability instead.
 
         ``user_boxes`` ``{z: {label: [x0, y0, x1, y1]}}`` in the preprocessed slice frame
         (see :func:`samunet.sam.box_prompting.user_boxes_to_preprocessed`) replace the
@@ -253,7 +462,9 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         _, z_count, y, x = data.shape
         fg = self.foreground_labels
         out = self.empty_label_scores(data.shape)
-        probs = self.stage1_fg_probs(data) if prompt in ("auto", "unfiltered_box") and user_boxes is None else None
+        automatic = prompt in ("auto", "unfiltered_box") and user_boxes is None
+        all_probs = self.stage1.predict_preprocessed(data, case=case) if automatic else None
+        probs = None if all_probs is None else all_probs[1:]
         rng = np.random.default_rng(self.seed if hasattr(self, "seed") else 0) \
             if self.prompting.get("test_time_box_jitter") else None
         cache = getattr(self, "cache", None)
@@ -261,14 +472,17 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         for z in range(z_count):
             ref = None if reference_seg is None else np.asarray(reference_seg[0, z])
             if user_boxes is not None:  # the user's boxes are this case's prompts
-                boxes = {int(l): np.asarray(b) for l, b in user_boxes.get(z, {}).items() if int(l) in fg}
+                boxes = {int(l): np.asarray(b).reshape(-1, 4) for l, b in user_boxes.get(z, {}).items() if int(l) in fg}
+            elif prompt == "auto":
+                boxes = slice_box_sets("auto", probs[:, z], None, fg, self.prompting, rng)
             else:
-                boxes = slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg, self.prompting, rng,
-                                    slice_shape=(y, x))
+                boxes = {l: b[None] for l, b in slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg,
+                                                            self.prompting, rng, slice_shape=(y, x)).items()}
             if not boxes:
                 continue  # no prompt -> empty slice, never a crash
             if prompts_out is not None:
-                prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]} for l, b in boxes.items())
+                prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]}
+                                   for l, bs in boxes.items() for b in bs)
             if use_cache:
                 emb = torch.from_numpy(np.asarray(cache.load(case)[z], dtype=np.float32))[None]
                 scaled_hw = cache.info(case)["scaled_hw"]
@@ -277,14 +491,26 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
                 # ensemble (the LRU), decode from this one embedding
                 e, scaled_hw = encode_volume(self.sam, data[:, z:z + 1], lru=prediction_lru())
                 emb = torch.from_numpy(e)
-            labels = list(boxes)
-            b = self.sam.scale_boxes(torch.as_tensor(np.stack([boxes[l] for l in labels]), dtype=torch.float32), (y, x))
+            owners = [l for l, bs in boxes.items() for _ in bs]
+            b = self.sam.scale_boxes(torch.as_tensor(np.concatenate([boxes[l] for l in boxes]), dtype=torch.float32),
+                                     (y, x))
             sparse, dense = self.sam.encode_prompts(boxes=b.to(self.device))
             logits, _ = self.sam.decode(emb.to(self.device), sparse, dense, None)
             p = torch.sigmoid(self.sam.postprocess_logits(logits, scaled_hw, (y, x)))[:, 0].cpu().numpy()
-            for l, pl in zip(labels, p):
-                out[fg.index(l) + 1, z] = pl
+            for l, pl in zip(owners, p):
+                k = fg.index(l) + 1
+                out[k, z] = np.maximum(out[k, z], pl)
+        choice = (getattr(self, "final_choice", None) or {}).get("labels", {})
+        if prompt == "auto" and user_boxes is None and choice:
+            for l in fg:
+                if choice.get(str(l)) == "stage1":
+                    k = fg.index(l) + 1
+                    out[k] = all_probs[k]
         return out
+
+
+def _fmt(d: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:.3f}" for k, v in d.items()) + "}"
 
 
 class SAMBoxTrainer_GTBoxes(SAMBoxTrainer):

@@ -57,6 +57,27 @@ class SAMTrainerMixin:
             logger.warning("%s; predicting with --encoder_backend auto --encoder_precision fp32", exc)
             return sam.configure_encoder("auto", "fp32")
 
+    def make_cache(self, variant: str = "", transform=None):
+        """The fold's embedding cache (``variant``/``transform``: an appearance-view cache beside it)."""
+        from samunet.experiment_planning.plan_and_preprocess import data_identifier
+        from samunet.sam.embedding_cache import EmbeddingCache
+        from samunet.sam.registry import weights_identity
+
+        return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
+                              weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
+                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision,
+                              variant=variant, transform=transform)
+
+    def _seg(self, case: str) -> np.ndarray:
+        """``(1, Z, Y, X)`` preprocessed labels of a case (memory-mapped where possible, read once)."""
+        from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+        segs = self.__dict__.setdefault("_segs", {})
+        if case not in segs:
+            f = self.data_folder / f"{case}.seg.npy"
+            segs[case] = np.load(f, mmap_mode="r") if f.is_file() else load_preprocessed_case(self.data_folder, case)[1]
+        return segs[case]
+
     def setting(self, key: str):
         if self.options.get(key) is not None:
             return self.options[key]

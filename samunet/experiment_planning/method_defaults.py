@@ -1,0 +1,59 @@
+"""Default settings of plan sections that trainers read, in one place below both the
+planner (which copies them into plans.json, so a user sees and edits every knob there) and
+the trainers (which fall back to them for plans written before a section existed)."""
+
+from __future__ import annotations
+
+import copy
+
+# stage 1 on the cached SAM image embedding (EmbeddingHeadTrainer)
+EMBEDDING_HEAD = {
+    "num_epochs": 30,
+    "num_iterations_per_epoch": 50,
+    "num_val_iterations_per_epoch": 5,
+    "batch_size": 8,
+    "initial_lr": 2e-3,
+    "weight_decay": 1e-4,
+    "width": 64,
+    "dropout": 0.1,
+    # appearance views per training slice, encoded once and cached beside the plain embeddings
+    "num_views": 2,
+    "view_seed": 0,
+    "foreground_oversampling": 0.5,
+}
+
+# SAMBoxTrainer's stage-1 choice and decoder adaptation (merged into the plan's "sam" section)
+SAM_CHAIN = {
+    "stage1_trainer": "EmbeddingHeadTrainer",
+    # out-of-fold stage-1 boxes for decoder training: k heads inside the training cases (0 = in-sample)
+    "oof_folds": 3,
+    "train_box_source": "stage1",
+    # share of training prompts that are (jittered) reference boxes instead of stage-1 boxes
+    "gt_box_fraction": 0.5,
+    # L2-SP: weight of sum((w - w_pretrained)^2) in the decoder loss (keeps what SAM knew)
+    "l2sp_weight": 0.01,
+    # pick, on source validation, original vs adapted decoder and stage 1 vs SAM per label
+    "validation_choice": True,
+}
+
+# multi-part labels: one box per sizeable connected component (merged into "prompting")
+MULTI_BOX = {
+    "boxes_per_label": 4,
+    "component_min_fraction": 0.2,
+    "component_min_pixels": 16,
+}
+
+SECTIONS = {"embedding_head": EMBEDDING_HEAD}
+
+
+def section_defaults(section: str) -> dict | None:
+    """A deep copy of a whole section's defaults, or None when the section has none here."""
+    return copy.deepcopy(SECTIONS[section]) if section in SECTIONS else None
+
+
+def fill_plan_defaults(plans: dict) -> dict:
+    """Add sections and keys a plan written by an older samunet lacks (in place; returns it).
+    Keys the plan has are never changed."""
+    for name, defaults in SECTIONS.items():
+        plans.setdefault(name, copy.deepcopy(defaults))
+    return plans

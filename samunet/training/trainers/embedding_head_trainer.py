@@ -1,0 +1,214 @@
+"""Stage 1 on the frozen SAM image embedding: a light conv head, trained on the embedding cache.
+
+The foundation encoder already separates what a from-scratch stage 1 has to learn from one
+hospital's images; this trainer only reads it out. A training step costs no encoder pass:
+it reads cached ``(256, 64, 64)`` embeddings of the training slices and of ``num_views``
+appearance views of each (random intensity curves incl. contrast reversal, gamma with
+noise, blur/down-sampling, bias fields, random shallow convolutions; made on the image
+*before* the encoder, encoded once and cached beside the plain embeddings in
+``embeddings/<backbone>/view<i>/``). Targets are the labels mapped into the decoder's
+low-resolution ``256 × 256`` frame; the padding is background.
+
+Prediction: embeddings (cache, else the encoder) → head → logits mapped to the slice with
+:meth:`~samunet.sam.wrapper.SamWrapper.postprocess_logits` → ``(K, Z, Y, X)`` class
+probabilities, background first, like ``ResNetTrainer``: usable alone
+(``-tr EmbeddingHeadTrainer``) and as ``SAMBoxTrainer``'s stage 1.
+
+Settings: the plan's ``embedding_head`` section (see
+:mod:`samunet.experiment_planning.method_defaults`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import zlib
+
+import numpy as np
+import torch
+
+from samunet.networks.embedding_head import build_embedding_head
+from samunet.sam.appearance_views import random_appearance
+from samunet.sam.box_prompting import mask_to_low_res
+from samunet.sam.embedding_cache import encode_volume
+from samunet.sam.embedding_lru import prediction_lru
+from samunet.training import distributed as dist_utils
+from samunet.training.losses import DiceCELoss, logits_to_probabilities, num_outputs_for
+from samunet.training.optim import build_adamw_poly
+from samunet.training.trainer_base import BaseTrainer
+from samunet.training.trainers.sam_common import SAMTrainerMixin
+
+logger = logging.getLogger(__name__)
+
+
+def view_transform(view: int, seed: int = 0):
+    """``transform(data (C, Z, Y, X), case) -> data``: appearance view ``view`` (1-based) of a
+    case, the same every time (seeded by view, case name and slice)."""
+
+    def transform(data: np.ndarray, case: str) -> np.ndarray:
+        out = np.empty_like(data, dtype=np.float32)
+        key = zlib.crc32(case.encode())
+        for z in range(data.shape[1]):
+            rng = np.random.default_rng([int(seed), int(view), key, z])
+            out[:, z] = random_appearance(np.asarray(data[:, z], dtype=np.float32), rng)
+        return out
+
+    return transform
+
+
+class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
+    """A ~0.1 M-parameter conv head on the cached SAM image embedding (stage 1)."""
+
+    plans_section = "embedding_head"
+    settings_section = "embedding_head"
+    OPTIONS = frozenset({"num_views"})
+
+    # ---- configuration ------------------------------------------------------------
+    @property
+    def num_views(self) -> int:
+        v = self.options.get("num_views")
+        return int(v if v is not None else self.plans["embedding_head"].get("num_views", 0))
+
+    def network_config(self) -> dict:
+        cfg = self.plans["embedding_head"]
+        return {"num_outputs": num_outputs_for(self.label_values), "width": int(cfg.get("width", 64)),
+                "dropout": float(cfg.get("dropout", 0.1))}
+
+    def build_network(self) -> torch.nn.Module:
+        if getattr(self, "sam", None) is None:
+            self.sam = self.make_sam()  # encodes slices that are not cached (prediction, cache builds)
+        return build_embedding_head(self.network_config())
+
+    def build_loss(self):
+        return DiceCELoss()
+
+    def configure_optimizers(self):
+        cfg = self.plans["embedding_head"]
+        return build_adamw_poly(self.network.parameters(), cfg["initial_lr"], cfg["weight_decay"], self.num_epochs)
+
+    def restore_inference_state(self, checkpoint: dict) -> None:
+        self.cache = None
+
+    # ---- data ---------------------------------------------------------------------
+    def build_caches(self) -> None:
+        """The plain embeddings of every case of the fold and the appearance views of the training cases."""
+        if getattr(self, "sam", None) is None:
+            self.sam = self.make_sam()
+        self.cache = getattr(self, "shared_cache", None) or self.make_cache()
+        needed = self.split["train"] + self.split["val"] + self.split.get("test", [])
+        self.cache.build(needed, self.sam, part=self.rank, num_parts=self.world_size)
+        seed = int(self.plans["embedding_head"].get("view_seed", 0))
+        self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else ""),
+                                           view_transform(v, seed)) for v in range(1, self.num_views + 1)]
+        for i, cache in enumerate(self.view_caches):
+            if any(not cache.is_valid(c) for c in self.split["train"]):
+                logger.info("appearance view %d/%d of the training slices (encoded once, cached)", i + 1,
+                            len(self.view_caches))
+            cache.build(self.split["train"], self.sam, part=self.rank, num_parts=self.world_size)
+        dist_utils.barrier()
+
+    def make_datasets(self) -> None:
+        self.build_caches()
+        self._targets: dict = {}
+        self.train_slices = self._slices(self.split["train"])
+        self.val_slices = self._slices(self.split["val"]) if self.split["val"] else self.train_slices
+
+    def _slices(self, cases) -> tuple[list, list]:
+        """``(all (case, z), foreground (case, z))`` slices of ``cases``."""
+        every, fg = [], []
+        for case in cases:
+            seg = np.asarray(self._seg(case))[0]
+            for z in range(seg.shape[0]):
+                every.append((case, z))
+                if (seg[z] > 0).any():
+                    fg.append((case, z))
+        return every, fg
+
+    def target(self, case: str, z: int) -> np.ndarray:
+        """``(1, 256, 256)`` label indices in the decoder's low-resolution frame (padding = 0)."""
+        key = (case, z)
+        if key not in self._targets:
+            seg = torch.from_numpy(np.asarray(self._seg(case))[0, z].astype(np.int64))
+            scaled_hw = self.cache.info(case)["scaled_hw"]
+            t = torch.zeros((1, 256, 256), dtype=torch.uint8)
+            for i, label in enumerate(self.label_values[1:], start=1):
+                m = mask_to_low_res((seg == label)[None], scaled_hw, self.sam.input_size)[0]
+                t[m > 0.5] = i
+            self._targets[key] = t.numpy()
+        return self._targets[key]
+
+    def _batch(self, slices: tuple[list, list], n: int, rng: np.random.Generator, views: bool) -> dict:
+        every, fg = slices
+        over = float(self.plans["embedding_head"].get("foreground_oversampling", 0.5))
+        emb, seg = [], []
+        for _ in range(n):
+            pool = fg if fg and rng.random() < over else every
+            case, z = pool[int(rng.integers(len(pool)))]
+            v = int(rng.integers(len(self.view_caches) + 1)) if views else 0
+            cache = self.cache if v == 0 else self.view_caches[v - 1]
+            emb.append(np.asarray(cache.load(case)[z], dtype=np.float32))
+            seg.append(self.target(case, z))
+        return {"data": np.stack(emb), "seg": np.stack(seg)}
+
+    def next_train_batch(self) -> dict:
+        return self._batch(self.train_slices, max(1, self.batch_size // self.world_size), self.rng, views=True)
+
+    def next_val_batch(self, rng: np.random.Generator) -> dict:
+        return self._batch(self.val_slices, self.batch_size, rng, views=False)
+
+    # ---- inference ----------------------------------------------------------------
+    def embeddings_of(self, data: np.ndarray, case: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """``(Z, 256, 64, 64)`` embeddings of a case (cache when valid, else the encoder) and the scaled size."""
+        cache = getattr(self, "cache", None)
+        if case is not None and cache is not None and cache.is_valid(case):
+            return cache.load(case), tuple(cache.info(case)["scaled_hw"])
+        return encode_volume(self.sam, data, lru=prediction_lru())
+
+    @torch.no_grad()
+    def predict_embeddings(self, emb: np.ndarray, scaled_hw, slice_hw, network=None) -> np.ndarray:
+        """``(Z, 256, 64, 64)`` embeddings -> ``(K, Z, Y, X)`` class probabilities (background first)."""
+        net = network or self.network
+        net.eval()
+        out = np.zeros((len(self.label_values), emb.shape[0], *slice_hw), dtype=np.float32)
+        step = max(1, self.batch_size)
+        for start in range(0, emb.shape[0], step):
+            x = torch.from_numpy(np.asarray(emb[start:start + step], dtype=np.float32)).to(self.device)
+            logits = self.sam.postprocess_logits(net(x), scaled_hw, slice_hw)
+            out[:, start:start + x.shape[0]] = logits_to_probabilities(logits).permute(1, 0, 2, 3).cpu().numpy()
+        return out
+
+    def predict_preprocessed(self, data: np.ndarray, case: str | None = None, network=None, **context) -> np.ndarray:
+        emb, scaled_hw = self.embeddings_of(data, case)
+        return self.predict_embeddings(emb, scaled_hw, data.shape[2:], network)
+
+    # ---- out-of-fold models (SAMBoxTrainer's decoder-training boxes) ---------------
+    def train_out_of_fold(self, k: int) -> dict[str, dict]:
+        """Train ``k`` heads, each on the training cases outside one of ``k`` parts, and return
+        ``{case: {"network": head that did not see the case, "trained_on": its training cases}}``
+        for every training case. Parts are saved (and resumed) under ``<fold>/oof_<k>/part_<i>``.
+        """
+        cases = sorted(self.split["train"])
+        k = max(2, min(int(k), len(cases)))
+        order = np.random.default_rng([self.seed, 11]).permutation(len(cases))
+        parts = [sorted(cases[i] for i in order[j::k]) for j in range(k)]
+        out: dict[str, dict] = {}
+        for j, held in enumerate(parts):
+            rest = sorted(set(cases) - set(held))
+            part = copy.copy(self)
+            part.options = dict(self.options)
+            part.split = {"train": rest, "val": held, "test": []}
+            part.output_folder = self.output_folder / f"oof_{k}" / f"part_{j}"
+            part.network, part.current_epoch, part.best_ema, part.ema_dice = None, 0, -1.0, None
+            part.progress = type(self.progress)()
+            part.shared_cache = self.cache
+            final = part.output_folder / "checkpoint_final.pth"
+            if final.is_file():
+                part.initialize()
+                part.load(final, weights_only_network=True)
+            else:
+                logger.info("out-of-fold stage 1, part %d/%d: %d cases train, %d held out", j + 1, k, len(rest), len(held))
+                part.run_training()
+            net = part.network.eval()
+            for case in held:
+                out[case] = {"network": net, "trained_on": rest}
+        return out
