@@ -14,6 +14,16 @@ train = train_fold  # old name, kept for existing imports
 __all__ = ["DEFAULT_TRAINER", "add_encoder_arguments", "main", "parse_options", "train", "train_fold"]
 
 
+def _checked_budget(value):
+    """``--time_budget`` as given (validated here, so a typo fails before any work)."""
+    from samunet.training.schedule import parse_duration
+
+    if value is None or value.strip().lower() in ("none", "off", "plan", "auto"):
+        return value
+    parse_duration(value)
+    return value
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="samunet_train", description="Train one fold of a trainer on a preprocessed dataset.")
     p.add_argument("dataset", help="dataset ID or name, e.g. 501")
@@ -33,6 +43,14 @@ def main(argv=None) -> None:
                    help="ProMISeTrainer: number of learned point prompts (1+2, 2+3 or 8+8 positive+negative)")
     p.add_argument("--stage1_epochs", type=int, default=None, help="epochs of stage 1 when the chain trains it")
     p.add_argument("--stage1_iters", type=int, default=None, help="iterations per epoch of stage 1 in the chain")
+    p.add_argument("--stage1", default=None, metavar="TRAINER",
+                   help="SAMBoxTrainer: the stage-1 trainer whose boxes prompt SAM (default: the plan's "
+                        "sam.stage1_trainer, EmbeddingHeadTrainer; ResNetTrainer is SAMMed's paper setting)")
+    p.add_argument("--time_budget", default=None, metavar="DURATION",
+                   help="wall-clock budget of the whole run, e.g. 30m, 1h30m, 1800 (seconds), or none for the plan's "
+                        "schedule. Default: 30m on a CPU (epochs x iterations of every stage sized from a short "
+                        "throughput probe; the log and schedule.json say what was sized), the plan's schedule on a "
+                        "GPU. --epochs/--iters override it")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="trainer option, repeatable, e.g. --opt legacy_double_sigmoid=true --opt steps=50; "
                         "values are JSON (true, 0.5, [1, 2], \"text\") or plain text. The trainer's documentation "
@@ -50,6 +68,7 @@ def main(argv=None) -> None:
                    args.val_only, args.use_best, args.seed, args.no_validation, **{
                        "sam": args.sam, "sam_checkpoint": args.sam_checkpoint, "stage1_epochs": args.stage1_epochs,
                        "stage1_iters": args.stage1_iters, "points": args.points,
+                  "stage1": args.stage1, "time_budget": _checked_budget(args.time_budget),
                        "encoder_backend": args.encoder_backend, "encoder_precision": args.encoder_precision,
                        **options})
     except (KeyError, FileNotFoundError, ValueError, RuntimeError, CheckpointError) as e:  # incl. SamCheckpointError

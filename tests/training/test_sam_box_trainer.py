@@ -98,3 +98,50 @@ def test_chain_on_real_prostate_gt_box_beats_full_box(shared_data, samunet_roots
     user = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_boxes" / f"{case}.nii.gz")))
     fg = (user > 0) | (val > 0)
     assert (user[fg] == val[fg]).mean() > 0.9  # same prompts up to resampling rounding
+
+
+@pytest.fixture
+def chain_planned(samunet_roots):
+    from conftest import make_synthetic_raw
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.paths import preprocessed_root
+
+    make_synthetic_raw(samunet_roots["raw"], dataset_id=655, n_cases=8, shape=(3, 64, 64))
+    plan_and_preprocess(655, num_processes=1)
+    plans_file = next(preprocessed_root().glob("Dataset655_*")) / "samunetPlans.json"
+    if not plans_file.is_file():
+        plans_file = next(preprocessed_root().glob("Dataset655_*")) / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["embedding_head"]["num_views"] = 0  # keeps the test fast; views are tested with the head
+    plans["sam"]["oof_folds"] = 2
+    plans_file.write_text(json.dumps(plans))
+    return 655
+
+
+def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chain_planned):
+    """EmbeddingHead stage 1 -> out-of-fold boxes -> decoder -> validation choice; on the other
+    domain the automatic chain reaches a real Dice, and no training box came from a stage-1
+    model that saw its case."""
+    t = train(chain_planned, "domain_A", "SAMBoxTrainer", device="cpu", num_epochs=1, num_iterations=6,
+              stage1_epochs=3, stage1_iters=15)
+    assert type(t.stage1).__name__ == "EmbeddingHeadTrainer"
+    assert set(t.oof_sources) == set(t.split["train"])
+    for case, trained_on in t.oof_sources.items():
+        assert case not in trained_on
+    ckpt = torch.load(t.output_folder / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    choice = json.loads(ckpt["final_choice"])
+    assert choice["decoder"] in ("adapted", "original") and set(choice["labels"]) == {"1"}
+    assert ckpt["stage1_trainer"] == "EmbeddingHeadTrainer"
+    auto = json.loads((t.output_folder / "test" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    ref = json.loads((t.output_folder / "test_gt_box" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    assert auto > 0.7 and ref > 0.7
+    # the checkpoint alone restores stage 1 and the choice
+    loaded = SAMBoxTrainer.from_checkpoint(t.output_folder / "checkpoint_final.pth", "cpu")
+    assert type(loaded.stage1).__name__ == "EmbeddingHeadTrainer" and loaded.final_choice == choice
+
+
+def test_stage1_choice_is_validated(small_planned):
+    with pytest.raises(KeyError, match="no trainer named"):
+        SAMBoxTrainer(653, "domain_A", device="cpu", stage1="NoSuchTrainer")._stage1_class()
+    with pytest.raises(ValueError, match="stage-1 trainer"):
+        SAMBoxTrainer(653, "domain_A", device="cpu", stage1="SAMBoxTrainer_GTBoxes")._stage1_class()

@@ -187,6 +187,8 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         ``{case: {"network": head that did not see the case, "trained_on": its training cases}}``
         for every training case. Parts are saved (and resumed) under ``<fold>/oof_<k>/part_<i>``.
         """
+        if getattr(self, "cache", None) is None:
+            self.build_caches()
         cases = sorted(self.split["train"])
         k = max(2, min(int(k), len(cases)))
         order = np.random.default_rng([self.seed, 11]).permutation(len(cases))

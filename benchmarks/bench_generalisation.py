@@ -1,0 +1,180 @@
+"""Generalisation to an unseen centre, through the product's own training and prediction code.
+
+Train one domain fold (default: ``polyp_dev``, ``domain_KvasirSEG``: 200 Kvasir-SEG frames,
+test on 128 CVC-ClinicDB frames from 6 video sequences) with the default chain and the
+default time budget, then print one table: Dice and NSD on the held-out domain for
+
+- stage 1 alone (the chain's stage 1; ``--with_resnet`` adds ``ResNetTrainer`` from scratch),
+- SAMBox with automatic / whole-image / reference boxes, with the adapted decoder and with
+  LiteMedSAM's original decoder,
+- ``--with_promise``: ProMISeTrainer on the same fold and budget,
+
+and the wall time of each stage. ``--second_check`` runs the tiny ``multisite_slices``
+prostate set (6 sites, 2 slices each; train on one site) as a smoke-level second check.
+
+Usage (2 CPU cores: ~30 min per chain)::
+
+    python benchmarks/bench_generalisation.py --work /tmp/bench_gen
+    python benchmarks/bench_generalisation.py --work /tmp/bench_gen --second_check
+
+Numbers depend on the CPU (throughput decides the sized schedule); the table says which CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "?")
+        flags = next((l for l in out.splitlines() if l.startswith("Flags")), "")
+        avx = "avx512_bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "no avx512"
+        return f"{model} ({avx}, {os.cpu_count()} cores)"
+    except OSError:
+        return platform.processor() or "?"
+
+
+def setup_roots(work: Path) -> None:
+    for k in ("raw", "preprocessed", "results"):
+        (work / k).mkdir(parents=True, exist_ok=True)
+        os.environ[f"SAMUNET_{k}"] = str(work / k)
+
+
+def prepare(source: Path, dataset_id: int, name: str, invert: bool) -> None:
+    from samunet.dataset_conversion.convert_2d_folder import convert_2d_folder
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.paths import preprocessed_root
+
+    if not any(Path(os.environ["SAMUNET_raw"]).glob(f"Dataset{dataset_id:03d}_*")):
+        convert_2d_folder(source, dataset_id, name, invert_masks=invert)
+    if not any(preprocessed_root().glob(f"Dataset{dataset_id:03d}_*/plans.json")):
+        plan_and_preprocess(dataset_id, num_processes=2)
+
+
+def summary(folder: Path) -> dict:
+    f = folder / "summary.json"
+    if not f.is_file():
+        return {}
+    return json.loads(f.read_text())["foreground_mean"]
+
+
+def stage_seconds(folder: Path) -> float:
+    """Sum of epoch times in a trainer folder's progress record (training only)."""
+    import torch
+
+    ckpt = folder / "checkpoint_final.pth"
+    if not ckpt.is_file():
+        return float("nan")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    epochs = json.loads(state.get("progress", "[]"))
+    return float(sum(r.get("epoch_time_s", 0.0) for r in epochs)) if isinstance(epochs, list) else float("nan")
+
+
+def original_decoder_rows(dataset_id: int, fold: str, out: Path) -> dict:
+    """SAMBox's checkpoint with LiteMedSAM's original mask decoder, on the fold's test cases."""
+    from samunet.training.final_validation import predict_and_evaluate
+    from samunet.training.trainers.sam_box_trainer import SAMBoxTrainer
+
+    t = SAMBoxTrainer(dataset_id, fold, device="cpu", time_budget="none")
+    t.initialize()
+    t.load(t.output_folder / "checkpoint_final.pth", weights_only_network=True)
+    ckpt_state = __import__("torch").load(t.output_folder / "checkpoint_final.pth", map_location="cpu",
+                                          weights_only=True)
+    t.restore_inference_state(ckpt_state)
+    t.cache = t.make_cache()
+    t.stage1.sam, t.stage1.cache = t.sam, t.cache
+    original = t.make_sam().mask_decoder.state_dict()
+    t.sam.mask_decoder.load_state_dict(original)
+    t.final_choice = None  # SAM's masks for every label
+    rows = {}
+    for mode in ("auto", "full_box", "gt_box"):
+        rows[mode] = predict_and_evaluate(t, t.split["test"], out / f"test_original_{mode}", mode, prompt=mode)
+    return {m: (r or {}).get("foreground_mean", {}) for m, r in rows.items()}
+
+
+def run_chain(dataset_id: int, fold: str, budget: str, extra: list[str]) -> dict:
+    from samunet.training.fold_training import train_fold
+
+    times = {}
+    t0 = time.perf_counter()
+    trainer = train_fold(dataset_id, fold, "SAMBoxTrainer", device="cpu", time_budget=budget)
+    times["chain (encode + stage 1 + decoder + choice + validation)"] = time.perf_counter() - t0
+    folder = trainer.output_folder
+    s1_folder = trainer.stage1_checkpoint.parent
+    stage1_name = trainer.stage1_name
+    t1 = time.perf_counter()
+    train_fold(dataset_id, fold, stage1_name, device="cpu", val_only=True)  # stage 1 alone on the test domain
+    times[f"{stage1_name} validation + test prediction"] = time.perf_counter() - t1
+    times[f"{stage1_name} training epochs"] = stage_seconds(s1_folder)
+    times["SAMBox decoder training epochs"] = stage_seconds(folder)
+    rows = {f"{stage1_name} alone": summary(s1_folder / "test")}
+    for mode, label in (("", "auto boxes"), ("_full_box", "whole-image box"), ("_gt_box", "reference box")):
+        rows[f"SAMBox {label}, adapted decoder (as chosen)"] = summary(folder / f"test{mode}")
+    orig = original_decoder_rows(dataset_id, fold, folder)
+    for mode, label in (("auto", "auto boxes"), ("full_box", "whole-image box"), ("gt_box", "reference box")):
+        rows[f"SAMBox {label}, original decoder"] = orig.get(mode, {})
+    choice = json.loads(__import__("torch").load(folder / "checkpoint_final.pth", map_location="cpu",
+                                                 weights_only=True).get("final_choice", "null"))
+    for name in extra:
+        t2 = time.perf_counter()
+        other = train_fold(dataset_id, fold, name, device="cpu", time_budget=budget)
+        times[f"{name} (train + validation)"] = time.perf_counter() - t2
+        rows[f"{name} alone"] = summary(other.output_folder / "test")
+    return {"rows": rows, "times": times, "choice": choice}
+
+
+def print_table(title: str, result: dict) -> None:
+    print(f"\n## {title}\n\nCPU: {cpu_name()}\n")
+    print("| what (unseen domain) | Dice | NSD |\n|---|---|---|")
+    for name, r in result["rows"].items():
+        d, n = r.get("Dice"), r.get("NSD")
+        print(f"| {name} | {'-' if d is None else f'{d:.3f}'} | {'-' if n is None else f'{n:.3f}'} |")
+    print("\n| stage | wall time |\n|---|---|")
+    for name, s in result["times"].items():
+        print(f"| {name} | {s:.0f} s |")
+    if result.get("choice"):
+        c = result["choice"]
+        print(f"\nvalidation choice: {c.get('decoder')} decoder, per label {c.get('labels')}; "
+              f"source-validation Dice {json.dumps(c.get('validation_dice'))}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/samunet_bench_generalisation"))
+    p.add_argument("--data", type=Path, default=SHARED / "polyp_dev")
+    p.add_argument("--fold", default="domain_KvasirSEG")
+    p.add_argument("--time_budget", default="auto", help="as samunet_train --time_budget (default: 30m on CPU)")
+    p.add_argument("--with_resnet", action="store_true", help="also ResNetTrainer alone (same budget)")
+    p.add_argument("--with_promise", action="store_true", help="also ProMISeTrainer (same budget)")
+    p.add_argument("--second_check", action="store_true", help="the tiny multisite_slices prostate check instead")
+    args = p.parse_args(argv)
+    if not args.data.is_dir():
+        sys.exit(f"{args.data} not found: this benchmark needs ../shared/data beside the repository")
+    setup_roots(args.work)
+    extra = (["ResNetTrainer"] if args.with_resnet else []) + (["ProMISeTrainer"] if args.with_promise else [])
+    if args.second_check:
+        src = args.data.parent / "multisite_slices" / "ProstateSlice"
+        prepare(src, 662, "ProstateSites", invert=True)
+        result = run_chain(662, "domain_RUNMC", args.time_budget, extra)
+        print_table("multisite_slices prostate, train RUNMC, test the 5 other sites", result)
+    else:
+        prepare(args.data, 601, "PolypDev", invert=False)
+        result = run_chain(601, args.fold, args.time_budget, extra)
+        print_table(f"polyp_dev {args.fold}: train one centre, test the other", result)
+    (args.work / "bench_generalisation.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

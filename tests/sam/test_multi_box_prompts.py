@@ -1,0 +1,69 @@
+"""Boxes for labels with several parts, per-box targets, jitter bounds."""
+
+import numpy as np
+import pytest
+
+from samunet.sam.box_prompting import component_target, multi_box_settings, slice_box_sets, slice_boxes
+from samunet.sam.prompts import component_boxes, jitter_box
+
+PROMPTING = {"theta1": 0.5, "mask_downsample_factor": 4, "box_jitter_px": [0, 0], "boxes_per_label": 4,
+             "component_min_fraction": 0.2, "component_min_pixels": 4}
+
+
+def two_lungs(shape=(64, 64)):
+    m = np.zeros(shape, dtype=np.float32)
+    m[10:40, 5:25] = 1.0  # left lung, 600 px
+    m[12:44, 35:60] = 1.0  # right lung, 800 px
+    m[55:57, 55:57] = 1.0  # 4 px speck: below 20 % of the largest
+    return m
+
+
+def test_one_box_per_sizeable_component_largest_first_and_exact():
+    boxes = component_boxes(two_lungs(), 0.5, min_fraction=0.2, max_boxes=4, min_pixels=4)
+    assert [b.tolist() for b in boxes] == [[35, 12, 59, 43], [5, 10, 24, 39]]
+    # SAMMed's rule (largest component only) loses the other lung
+    assert [b.tolist() for b in component_boxes(two_lungs(), 0.5, max_boxes=1)] == [[35, 12, 59, 43]]
+    assert component_boxes(np.zeros((8, 8)), 0.5) == []
+
+
+def test_components_closer_than_a_downsampling_block_stay_apart():
+    m = np.zeros((32, 32))
+    m[4:12, 4:10] = 1
+    m[4:12, 11:17] = 1  # one-pixel gap
+    assert len(component_boxes(m, 0.5, min_fraction=0.1)) == 2
+
+
+def test_slice_box_sets_uses_the_plan_and_old_plans_keep_one_box():
+    probs = two_lungs()[None]
+    sets = slice_box_sets("auto", probs, None, [1], PROMPTING)
+    assert sets[1].shape == (2, 4)
+    legacy = {k: v for k, v in PROMPTING.items() if k not in ("boxes_per_label", "component_min_fraction",
+                                                                 "component_min_pixels")}
+    assert multi_box_settings(legacy) is None
+    assert slice_box_sets("auto", probs, None, [1], legacy)[1].shape == (1, 4)
+    # reference boxes stay one tight box around the whole label
+    ref = (two_lungs() > 0).astype(np.uint8)
+    assert slice_box_sets("gt_box", None, ref, [1], PROMPTING)[1].shape == (1, 4)
+
+
+def test_component_target_is_the_objects_the_box_touches():
+    mask = two_lungs() > 0
+    left = component_target(mask, [5, 10, 24, 39])
+    assert left[20, 10] and not left[20, 40] and not left[56, 56]
+    assert not component_target(mask, [0, 50, 3, 63]).any()  # a false-positive box: empty target
+    # a box that cuts an object keeps the whole object
+    assert component_target(mask, [5, 10, 10, 15]).sum() == 600
+
+
+def test_jitter_respects_both_bounds():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        b = jitter_box([20, 20, 30, 30], rng, max_shift=5, shape_hw=(100, 100), min_shift=3)
+        grow = np.array([20 - b[0], 20 - b[1], b[2] - 30, b[3] - 30])
+        assert ((grow >= 3) & (grow <= 5)).all()
+    with pytest.raises(ValueError, match="box_jitter_px"):
+        jitter_box([0, 0, 5, 5], rng, max_shift=2, min_shift=3)
+    # slice_boxes passes the plan's lower bound through
+    out = slice_boxes("gt_box", None, (two_lungs() > 0).astype(int), [1], {**PROMPTING, "box_jitter_px": [2, 2]},
+                      rng=np.random.default_rng(1))
+    assert out[1].tolist() == [3, 8, 61, 58]  # tight box of all parts (speck included), grown by 2

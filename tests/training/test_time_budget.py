@@ -1,0 +1,78 @@
+"""Time-budgeted schedules inside trainers: sized from the measured step time, logged,
+stored for resumption, and never applied when the user fixed the schedule."""
+
+import json
+import time
+
+import pytest
+
+
+@pytest.fixture
+def trainer_factory(synthetic_planned):
+    from samunet.training.trainers.resnet_trainer import ResNetTrainer
+
+    def make(**kw):
+        t = ResNetTrainer(650, 0, device="cpu", **kw)
+        t.initialize()
+        t.make_datasets()
+        return t
+
+    return make
+
+
+def test_schedule_is_sized_from_measured_throughput(trainer_factory, monkeypatch):
+    t = trainer_factory(time_budget="100s")
+    assert t.time_budget_s() == 100
+    monkeypatch.setattr(type(t), "measure_step_seconds", lambda self, repeats=3: 0.5)
+    plan_epochs, ipe, val_its = t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations
+    assert (plan_epochs, ipe) == (40, 50)
+    t.budget_start = time.perf_counter()
+    t.fit_schedule(resume=False)
+    # 100 s - 10 % validation reserve = 90 s; an epoch costs 50 x 0.5 s + val_its x 0.5 x 0.4 s
+    per_epoch = ipe * 0.5 + val_its * 0.5 * 0.4
+    assert (t.num_epochs, t.num_iterations_per_epoch) == (int(90 // per_epoch), 50)
+    sized = json.loads((t.output_folder / "schedule.json").read_text())
+    assert sized["num_epochs"] == t.num_epochs and "0.5 s/it" in sized["reason"]
+    # the learning-rate schedule follows the sized number of epochs
+    lrs = []
+    for _ in range(t.num_epochs):
+        lrs.append(t.optimizer.param_groups[0]["lr"])
+        t.scheduler.step()
+    assert t.optimizer.param_groups[0]["lr"] < 0.2 * lrs[0]
+
+
+def test_fast_device_gets_the_full_plan_and_resume_reuses_the_sizing(trainer_factory, monkeypatch):
+    t = trainer_factory(time_budget="1h")
+    monkeypatch.setattr(type(t), "measure_step_seconds", lambda self, repeats=3: 0.001)
+    t.fit_schedule(resume=False)
+    assert (t.num_epochs, t.num_iterations_per_epoch) == (40, 50)  # capped at the plan
+    (t.output_folder / "schedule.json").write_text(json.dumps(
+        {"num_epochs": 2, "num_iterations_per_epoch": 7, "reason": "stored"}))
+    r = trainer_factory(time_budget="1h")
+    monkeypatch.setattr(type(r), "measure_step_seconds", lambda self, repeats=3: pytest.fail("must not re-measure"))
+    r.fit_schedule(resume=True)
+    assert (r.num_epochs, r.num_iterations_per_epoch) == (2, 7)
+
+
+def test_explicit_schedule_or_gpu_means_no_budget(trainer_factory, monkeypatch):
+    t = trainer_factory(num_epochs=3, time_budget="10s")
+    assert t.time_budget_s() is None
+    t.fit_schedule(resume=False)
+    assert t.num_epochs == 3 and not (t.output_folder / "schedule.json").exists()
+    g = trainer_factory(time_budget="none")
+    assert g.time_budget_s() is None
+    d = trainer_factory()
+    assert d.time_budget_s() == 1800  # CPU default: 30 min
+    monkeypatch.setattr(d, "device", __import__("torch").device("cuda"))
+    assert d.time_budget_s() is None  # a GPU runs the plan's schedule
+
+
+def test_measuring_leaves_weights_and_rng_untouched(trainer_factory):
+    import torch
+
+    t = trainer_factory(time_budget="100s")
+    before = {k: v.clone() for k, v in t.network.state_dict().items()}
+    state = t.rng.bit_generator.state
+    assert t.measure_step_seconds(repeats=1) > 0
+    assert all(torch.equal(before[k], v) for k, v in t.network.state_dict().items())
+    assert t.rng.bit_generator.state == state
