@@ -54,6 +54,8 @@ class BaseTrainer:
     RUNTIME_OPTIONS: frozenset = frozenset({"encoder_backend", "time_budget"})
     # share of the time budget kept for the final validation (prediction of val/test cases)
     validation_reserve_fraction = 0.1
+    # a short probe underestimates a long run (varying batches, allocator, thermal): sized with headroom
+    probe_headroom = 1.2
 
     @classmethod
     def known_options(cls) -> set[str]:
@@ -275,7 +277,7 @@ class BaseTrainer:
                 return
             elapsed = time.perf_counter() - self.budget_start
             left = budget - elapsed - self.validation_reserve_fraction * budget
-            spi = self.measure_step_seconds()
+            spi = self.measure_step_seconds() * self.probe_headroom
             per_epoch = self.num_val_iterations * spi * 0.4  # validation batches: forward only
             stage = size_stage(type(self).__name__, max(left, 0.0), spi, self.num_epochs, self.num_iterations_per_epoch,
                                per_epoch_overhead_s=per_epoch)

@@ -9,14 +9,21 @@ from samunet.networks.embedding_head import EmbeddingHead
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 
 
-@pytest.fixture
-def head_planned(samunet_roots):
+@pytest.fixture(scope="module")
+def head_planned(tmp_path_factory):
+    """One planned synthetic dataset (and its embedding cache, filled by the first test) for
+    the whole module: encoding is the expensive part."""
     from conftest import make_synthetic_raw
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
 
-    make_synthetic_raw(samunet_roots["raw"], dataset_id=654, n_cases=6, shape=(4, 64, 64))
-    plan_and_preprocess(654, num_processes=1)
-    return 654
+    base = tmp_path_factory.mktemp("head")
+    with pytest.MonkeyPatch.context() as mp:
+        for sub in ("raw", "preprocessed", "results"):
+            (base / sub).mkdir()
+            mp.setenv(f"SAMUNET_{sub}", str(base / sub))
+        make_synthetic_raw(base / "raw", dataset_id=654, n_cases=6, shape=(4, 64, 64))
+        plan_and_preprocess(654, num_processes=1)
+        yield 654
 
 
 def _dice(pred, ref):

@@ -28,11 +28,13 @@ def test_schedule_is_sized_from_measured_throughput(trainer_factory, monkeypatch
     assert (plan_epochs, ipe) == (40, 50)
     t.budget_start = time.perf_counter()
     t.fit_schedule(resume=False)
-    # 100 s - 10 % validation reserve = 90 s; an epoch costs 50 x 0.5 s + val_its x 0.5 x 0.4 s
-    per_epoch = ipe * 0.5 + val_its * 0.5 * 0.4
+    # 100 s - 10 % validation reserve = 90 s; with the probe's headroom h an epoch costs
+    # 50 x 0.5h s + val_its x 0.5h x 0.4 s
+    spi = 0.5 * t.probe_headroom
+    per_epoch = ipe * spi + val_its * spi * 0.4
     assert (t.num_epochs, t.num_iterations_per_epoch) == (int(90 // per_epoch), 50)
     sized = json.loads((t.output_folder / "schedule.json").read_text())
-    assert sized["num_epochs"] == t.num_epochs and "0.5 s/it" in sized["reason"]
+    assert sized["num_epochs"] == t.num_epochs and f"{spi:.3g} s/it" in sized["reason"]
     # the learning-rate schedule follows the sized number of epochs
     lrs = []
     for _ in range(t.num_epochs):

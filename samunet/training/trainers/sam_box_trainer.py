@@ -104,6 +104,8 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
     def build_network(self) -> torch.nn.Module:
         if getattr(self, "sam", None) is None:
             self.sam = self.make_sam()  # image encoder on --encoder_backend/--encoder_precision
+        if isinstance(getattr(self, "stage1", None), SAMTrainerMixin):
+            self.stage1.sam = self.sam  # one SAM for both stages
         return self.sam.mask_decoder  # the only trained part
 
     def build_loss(self):
@@ -151,6 +153,11 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
                           if self.time_budget_s() is None and self.options.get("stage1_epochs") is None else {}))
         self.stage1 = cls.from_checkpoint(ckpt, self.device)
         self.stage1_checkpoint = ckpt
+        if isinstance(self.stage1, SAMTrainerMixin) and \
+                (self.stage1.sam_name, self.stage1.sam_checkpoint) != (self.sam_name, self.sam_checkpoint):
+            raise ValueError(f"{ckpt} was trained on the {self.stage1.sam_name} embedding, this chain uses "
+                             f"{self.sam_name}: train the chain with the same --sam/--sam_checkpoint, or move "
+                             f"{folder} away so that stage 1 is trained again on this backbone")
         return self.stage1
 
     def out_of_fold_stage1(self) -> dict[str, dict]:
