@@ -52,7 +52,7 @@ def test_cli_default_is_the_budgeted_chain_on_the_domain_fold(demo_calls):
     demo.main(["-o", "x"])
     (args, kw), = demo_calls
     assert args[3] is None and args[4] is None  # schedule and folds: run_demo's defaults
-    assert kw["time_budget"] == demo.DEFAULT_TIME_BUDGET == "6m"
+    assert kw["time_budget"] == demo.DEFAULT_TIME_BUDGET == "7m"
     assert demo.default_schedule("90s") == (("SAMBoxTrainer", None, None, {"time_budget": "90s"}),)
     demo.main(["--time_budget", "90s"])
     assert demo_calls[-1][1]["time_budget"] == "90s"
