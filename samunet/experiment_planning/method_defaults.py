@@ -31,7 +31,7 @@ SAM_CHAIN = {
     # share of training prompts that are (jittered) reference boxes instead of stage-1 boxes
     "gt_box_fraction": 0.5,
     # L2-SP: weight of sum((w - w_pretrained)^2) in the decoder loss (keeps what SAM knew)
-    "l2sp_weight": 0.01,
+    "l2sp_weight": 0.1,
     # pick, on source validation, original vs adapted decoder and stage 1 vs SAM per label
     "validation_choice": True,
 }

