@@ -242,6 +242,8 @@ class BaseTrainer:
             return default_time_budget(self.device)
         if str(value).strip().lower() in ("none", "off", "0", "plan"):
             return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # set by a chain, may be spent
+            return max(float(value), 1.0)
         return parse_duration(value)
 
     def measure_step_seconds(self, repeats: int = 3) -> float:

@@ -282,7 +282,8 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
                     pre.build_caches()
                 left = budget * (1 - self.validation_reserve_fraction) - (time.perf_counter() - self.budget_start)
                 heads = 1 + (self._oof_folds() if hasattr(cls, "train_out_of_fold") else 0)
-                head_budget = max(left, 0.0) * self.STAGE1_SHARE / heads
+                # nothing left (encoding took the budget): each stage then trains its minimum
+                head_budget = max(max(left, 0.0) * self.STAGE1_SHARE / heads, 1.0)
                 logger.info("time budget %.0f s: %.0f s left after encoding; stage 1 gets %.0f s per model (%d "
                             "model%s), the decoder the rest", budget, left, head_budget, heads, "s" if heads > 1 else "")
             self.ensure_stage1(head_budget)
