@@ -47,9 +47,9 @@ SHIFTED_CASES = ("Case03", "Case04", "Case05")
 DOMAIN_FOLD = f"domain_{SITE_A}"
 DEFAULT_TRAINER = "SAMBoxTrainer"  # the default chain; it trains its own stage 1
 DEFAULT_TIME_BUDGET = "7m"  # the chain's budget: the whole demo then takes about 8-10 min on 2 CPU cores
-# the demo's own plan settings (a tiny dataset, minutes of training): one appearance view and
-# in-sample decoder-training boxes leave stage 1 most of the budget; everything else is the default
-DEMO_PLAN_SETTINGS = {"embedding_head": {"num_views": 1}, "sam": {"oof_folds": 0}}
+# the demo's own plan setting (a tiny dataset, minutes of training): in-sample decoder-training
+# boxes leave stage 1 most of the budget; everything else is the default
+DEMO_PLAN_SETTINGS = {"sam": {"oof_folds": 0}}
 # --all_trainers / -tr: (trainer, epochs, iterations per epoch, extra options), a demo schedule far
 # below the plan's. SAMBoxTrainer's stage 1 (EmbeddingHeadTrainer) gets a short schedule too, else
 # it would train with the plan's.
