@@ -38,6 +38,12 @@ class NibabelIO(ImageIO):
             img = nib.load(str(path))
             check_memory_budget(path, img.header.get_data_shape()[::-1])
             arr = np.asanyarray(img.dataobj)
+            if path.name.endswith(".gz"):
+                # nibabel reads only the bytes it needs: a stream cut inside its gzip trailer reads
+                # "fine"; the trailer/CRC check refuses it as the SimpleITK reader does
+                from samunet.imageio.sitk_io import check_nifti_gz_complete
+
+                check_nifti_gz_complete(path)
         except ImageReadError:
             raise
         except Exception as e:  # nibabel raises many types for corrupt files
