@@ -49,3 +49,14 @@ class DiceCELoss(nn.Module):
         denom = probs.sum(dims) + onehot.sum(dims)
         dice = (2 * inter + self.smooth) / (denom + self.smooth)
         return self.weight_ce * ce + self.weight_dice * (1 - dice.mean())
+
+
+class DiceBCEWithLogits(torch.nn.Module):
+    """Per-sample soft Dice + BCE on logits, 1:1 (MedSAM style). ``(B, 1, H, W)`` both."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        p = torch.sigmoid(logits)
+        inter = (p * target).sum((1, 2, 3))
+        dice = (2 * inter + 1e-5) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1e-5)
+        return bce + (1 - dice).mean()

@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
@@ -40,7 +39,9 @@ from samunet.sam.embedding_cache import encode_volume
 from samunet.sam.embedding_lru import prediction_lru
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
+from samunet.training.losses import DiceBCEWithLogits  # noqa: F401  (also importable from here, as before)
 from samunet.training.trainers.sam_common import SAMTrainerMixin
+from samunet.training.trainers.validation_choice import ValidationChoiceMixin
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 
 logger = logging.getLogger(__name__)
@@ -49,23 +50,7 @@ DEFAULT_STAGE1_TRAINER = "EmbeddingHeadTrainer"
 PAPER_STAGE1_TRAINER = "ResNetTrainer"  # SAMMed's setting (DeepLabV3/ResNet from scratch)
 
 
-class DiceBCEWithLogits(torch.nn.Module):
-    """Per-sample soft Dice + BCE on logits, 1:1 (MedSAM style). ``(B, 1, H, W)`` both."""
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        p = torch.sigmoid(logits)
-        inter = (p * target).sum((1, 2, 3))
-        dice = (2 * inter + 1e-5) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1e-5)
-        return bce + (1 - dice).mean()
-
-
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
-    denom = int(pred.sum()) + int(ref.sum())
-    return None if denom == 0 else 2.0 * float((pred & ref).sum()) / denom
-
-
-class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
+class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
     """SAMMed (Wang et al.): stage-1 boxes -> SAM with an adapted mask decoder."""
 
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
@@ -401,54 +386,6 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
         tp, fp, fn = int((pred & t).sum()), int((pred & ~t).sum()), int((~pred & t).sum())
         return loss, np.array([tp]), np.array([fp]), np.array([fn])
 
-    # ---- the validation choice -----------------------------------------------------
-    def _validation_dice(self, cases: list[str], use_stage1: bool = False) -> dict[int, float]:
-        """Mean Dice per foreground label on ``cases`` (preprocessed frame), automatic prompts;
-        SAM's masks, or stage 1's own with ``use_stage1``."""
-        per_label: dict[int, list[float]] = {l: [] for l in self.foreground_labels}
-        saved, self.final_choice = getattr(self, "final_choice", None), None
-        try:
-            for case in cases:
-                data, seg, _ = load_preprocessed_case(self.data_folder, case)
-                if use_stage1:
-                    probs = self.stage1.predict_preprocessed(data, case=case)
-                else:
-                    probs = self.predict_preprocessed(data, case=case, prompt="auto")
-                pred = probs.argmax(0)
-                for i, label in enumerate(self.foreground_labels, start=1):
-                    d = _dice(pred == i, seg[0] == label)
-                    if d is not None:
-                        per_label[label].append(d)
-        finally:
-            self.final_choice = saved
-        return {l: float(np.mean(v)) if v else float("nan") for l, v in per_label.items()}
-
-    def choose_on_validation(self) -> dict:
-        """Original vs adapted decoder (mean Dice with automatic boxes), then stage 1 vs SAM per
-        label, on the fold's validation cases; stored in ``self.final_choice`` and the checkpoint."""
-        cases = self.split["val"]
-        if not cases:
-            self.final_choice = None
-            return {}
-        adapted = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
-        d_adapted = self._validation_dice(cases)
-        self.sam.mask_decoder.load_state_dict(self.pretrained_decoder)
-        d_original = self._validation_dice(cases)
-        use_adapted = np.nanmean(list(d_adapted.values())) >= np.nanmean(list(d_original.values()))
-        if use_adapted:
-            self.sam.mask_decoder.load_state_dict(adapted)
-        d_sam = d_adapted if use_adapted else d_original
-        d_stage1 = self._validation_dice(cases, use_stage1=True)
-        labels = {str(l): ("stage1" if d_stage1[l] > d_sam[l] else "sam") for l in self.foreground_labels}
-        self.final_choice = {
-            "decoder": "adapted" if use_adapted else "original", "labels": labels,
-            "validation_dice": {"adapted_decoder": d_adapted, "original_decoder": d_original, "stage1": d_stage1},
-        }
-        logger.info("validation choice: %s decoder (auto-box Dice adapted %s, original %s); per label %s "
-                    "(stage 1 alone %s)", self.final_choice["decoder"], _fmt(d_adapted), _fmt(d_original), labels,
-                    _fmt(d_stage1))
-        return self.final_choice
-
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
@@ -515,10 +452,6 @@ class SAMBoxTrainer(SAMTrainerMixin, BaseTrainer):
                     k = fg.index(l) + 1
                     out[k] = all_probs[k]
         return out
-
-
-def _fmt(d: dict) -> str:
-    return "{" + ", ".join(f"{k}: {v:.3f}" for k, v in d.items()) + "}"
 
 
 class SAMBoxTrainer_GTBoxes(SAMBoxTrainer):

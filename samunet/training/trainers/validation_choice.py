@@ -1,0 +1,76 @@
+"""The chain's final choice, made on the fold's (source) validation cases: original vs adapted
+mask decoder (mean Dice with automatic boxes), then stage 1 vs SAM per label.
+
+Mixed into :class:`~samunet.training.trainers.sam_box_trainer.SAMBoxTrainer`; the result is
+``self.final_choice`` (stored in the checkpoint, read by ``predict_preprocessed``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+logger = logging.getLogger(__name__)
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
+    denom = int(pred.sum()) + int(ref.sum())
+    return None if denom == 0 else 2.0 * float((pred & ref).sum()) / denom
+
+
+def _fmt(d: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:.3f}" for k, v in d.items()) + "}"
+
+
+class ValidationChoiceMixin:
+    """For a trainer with ``stage1``, ``sam``, ``pretrained_decoder`` and ``predict_preprocessed``."""
+
+    def _validation_dice(self, cases: list[str], use_stage1: bool = False) -> dict[int, float]:
+        """Mean Dice per foreground label on ``cases`` (preprocessed frame), automatic prompts;
+        SAM's masks, or stage 1's own with ``use_stage1``."""
+        per_label: dict[int, list[float]] = {l: [] for l in self.foreground_labels}
+        saved, self.final_choice = getattr(self, "final_choice", None), None
+        try:
+            for case in cases:
+                data, seg, _ = load_preprocessed_case(self.data_folder, case)
+                if use_stage1:
+                    probs = self.stage1.predict_preprocessed(data, case=case)
+                else:
+                    probs = self.predict_preprocessed(data, case=case, prompt="auto")
+                pred = probs.argmax(0)
+                for i, label in enumerate(self.foreground_labels, start=1):
+                    d = _dice(pred == i, seg[0] == label)
+                    if d is not None:
+                        per_label[label].append(d)
+        finally:
+            self.final_choice = saved
+        return {l: float(np.mean(v)) if v else float("nan") for l, v in per_label.items()}
+
+    def choose_on_validation(self) -> dict:
+        """Original vs adapted decoder (mean Dice with automatic boxes), then stage 1 vs SAM per
+        label, on the fold's validation cases; stored in ``self.final_choice`` and the checkpoint."""
+        cases = self.split["val"]
+        if not cases:
+            self.final_choice = None
+            return {}
+        adapted = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
+        d_adapted = self._validation_dice(cases)
+        self.sam.mask_decoder.load_state_dict(self.pretrained_decoder)
+        d_original = self._validation_dice(cases)
+        use_adapted = np.nanmean(list(d_adapted.values())) >= np.nanmean(list(d_original.values()))
+        if use_adapted:
+            self.sam.mask_decoder.load_state_dict(adapted)
+        d_sam = d_adapted if use_adapted else d_original
+        d_stage1 = self._validation_dice(cases, use_stage1=True)
+        labels = {str(l): ("stage1" if d_stage1[l] > d_sam[l] else "sam") for l in self.foreground_labels}
+        self.final_choice = {
+            "decoder": "adapted" if use_adapted else "original", "labels": labels,
+            "validation_dice": {"adapted_decoder": d_adapted, "original_decoder": d_original, "stage1": d_stage1},
+        }
+        logger.info("validation choice: %s decoder (auto-box Dice adapted %s, original %s); per label %s "
+                    "(stage 1 alone %s)", self.final_choice["decoder"], _fmt(d_adapted), _fmt(d_original), labels,
+                    _fmt(d_stage1))
+        return self.final_choice
