@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
 from PIL import Image
 
 from samunet.dataset_conversion.common import ConversionError, assign_case_ids, sanitise_case_id
@@ -245,6 +246,26 @@ def test_2d_kvasir_jpeg(shared_data, samunet_roots):
         src_msk = np.array(Image.open(src / "masks" / jpg.name))[..., 0]
         np.testing.assert_array_equal(seg, (src_msk > 127).astype(np.uint8))
         assert 0.05 < seg.mean() < 0.4
+    _assert_integrity(out)
+
+
+def test_2d_clinicdb_tiff(shared_data, samunet_roots):
+    """CVC-ClinicDB frames: uncompressed 3-sample TIFFs tagged greyscale, which Pillow refuses; TIFF masks."""
+    src = shared_data / "clinicdb_tiff3"
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    out = convert_2d_folder(src, 506, "ClinicDB")
+    d = load_dataset_json(out)
+    assert d["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    assert d["numTraining"] == 3 and set(d["domains"].values()) == {"clinicdb_tiff3"}
+    for stem in ("104", "105", "106"):
+        case = f"clinicdb_tiff3_{stem}"
+        with Image.open(out / "imagesTr" / f"{case}_0000.png") as im:
+            assert im.mode == "RGB" and im.size == (384, 288)
+            np.testing.assert_array_equal(np.array(im), tifffile.imread(src / "images" / f"{stem}.tif"))
+        seg = np.array(Image.open(out / "labelsTr" / f"{case}.png"))
+        np.testing.assert_array_equal(seg, (tifffile.imread(src / "masks" / f"{stem}.tif") > 127).astype(np.uint8))
+        assert 0.01 < seg.mean() < 0.5
     _assert_integrity(out)
 
 
