@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from samunet.dataset_conversion.common import (
     ConversionError,
@@ -38,6 +37,7 @@ from samunet.dataset_conversion.common import (
 from samunet.dataset_conversion.dataset_json import generate_dataset_json
 from samunet.imageio.natural_image_io import read_natural_image
 from samunet.utilities.file_io import atomic_path
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def convert_2d_folder(
     with staged_dataset_folder(target, overwrite) as out:
         (out / "imagesTr").mkdir()
         (out / "labelsTr").mkdir()
-        for raw_id in tqdm(sorted(cases), desc="cases", disable=len(cases) < 50):
+        for raw_id in progress(sorted(cases), desc="cases", unit="case", disable=len(cases) < 50):
             domain, img_file, msk_file = cases[raw_id]
             cid = ids[raw_id]
             img = _image_for_png(read_natural_image(img_file), img_file)

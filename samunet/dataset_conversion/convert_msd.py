@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from samunet.dataset_conversion.common import (
     ConversionError,
@@ -30,6 +29,7 @@ from samunet.dataset_conversion.common import (
 from samunet.dataset_conversion.dataset_json import generate_dataset_json
 from samunet.imageio.sitk_io import read_sitk
 from samunet.utilities.file_io import atomic_path
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +139,13 @@ def convert_msd(task_folder: str | Path, dataset_id: int | None = None, overwrit
     with staged_dataset_folder(target, overwrite) as out:
         for sub in ("imagesTr", "labelsTr"):
             (out / sub).mkdir()
-        for stem in tqdm(sorted(images), desc="training cases", disable=len(images) < 10):
+        for stem in progress(sorted(images), desc="training cases", unit="case", disable=len(images) < 10):
             _write_channels(images[stem], out / "imagesTr", ids[stem], n_channels)
             with atomic_path(out / "labelsTr" / f"{ids[stem]}.nii.gz", suffix=".nii.gz") as tmp:
                 shutil.copyfile(label_files[stem], tmp)
         if test_images:
             (out / "imagesTs").mkdir()
-            for stem in tqdm(sorted(test_images), desc="test cases", disable=len(test_images) < 10):
+            for stem in progress(sorted(test_images), desc="test cases", unit="case", disable=len(test_images) < 10):
                 _write_channels(test_images[stem], out / "imagesTs", test_ids[stem], n_channels)
         generate_dataset_json(
             out,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from samunet.dataset_conversion.common import (
     ConversionError,
@@ -35,6 +34,7 @@ from samunet.dataset_conversion.dataset_json import generate_dataset_json
 from samunet.imageio.base import as_label_array
 from samunet.imageio.sitk_io import read_sitk
 from samunet.utilities.file_io import atomic_path
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def convert_nifti_pairs(
     with staged_dataset_folder(target, overwrite) as out:
         (out / "imagesTr").mkdir()
         (out / "labelsTr").mkdir()
-        for stem in tqdm(sorted(pairs), desc="cases", disable=len(pairs) < 10):
+        for stem in progress(sorted(pairs), desc="cases", unit="case", disable=len(pairs) < 10):
             img_file, msk_file = pairs[stem]
             cid = ids[stem]
             img_hdr = _read_header(img_file)

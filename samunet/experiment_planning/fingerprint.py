@@ -13,11 +13,11 @@ import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from samunet.dataset_conversion.dataset_json import label_values, training_cases
 from samunet.imageio import reader_writer_for
 from samunet.preprocessing.cropping import nonzero_bbox
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ def compute_fingerprint(raw_folder: str | Path, dataset_json: dict, num_processe
     desc = "fingerprint"
     if num_processes > 1 and len(jobs) > 1:
         with mp.get_context("fork").Pool(min(num_processes, len(jobs))) as pool:
-            for r in tqdm(pool.imap(_worker, jobs), total=len(jobs), desc=desc):
+            for r in progress(pool.imap(_worker, jobs), total=len(jobs), desc=desc, unit="case"):
                 results.append(r)
     else:
-        for j in tqdm(jobs, desc=desc):
+        for j in progress(jobs, desc=desc, unit="case"):
             results.append(_worker(j))
     n_ch = results[0]["num_channels"]
     channel_stats = {}

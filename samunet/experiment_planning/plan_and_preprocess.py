@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from samunet.dataset_conversion.dataset_json import DatasetJsonError, load_dataset_json, training_cases
 from samunet.experiment_planning.fingerprint import compute_fingerprint
@@ -24,6 +23,7 @@ from samunet.paths import preprocessed_root, raw_root
 from samunet.preprocessing.preprocessor import case_is_done, run_case
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, save_json
+from samunet.utilities.progress import progress
 from samunet.utilities.resources import cap_workers_by_memory, default_num_processes
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,11 @@ def preprocess_dataset(raw_folder: Path, out_folder: Path, plans: dict, dataset_
         nproc = cap_workers_by_memory(min(num_processes, len(jobs)), biggest * 4 * 10, "preprocessing workers")
         if nproc > 1:
             with mp.get_context("fork").Pool(nproc) as pool:
-                for _ in tqdm(pool.imap_unordered(_run_case_star, jobs), total=len(jobs), desc="preprocessing"):
+                for _ in progress(pool.imap_unordered(_run_case_star, jobs), total=len(jobs), desc="preprocessing",
+                                  unit="case"):
                     pass
         else:
-            for j in tqdm(jobs, desc="preprocessing"):
+            for j in progress(jobs, desc="preprocessing", unit="case"):
                 _run_case_star(j)
     return {"folder": str(data_folder), "preprocessed": len(todo), "skipped": skipped}
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from samunet.dataset_conversion.dataset_json import channel_files, list_cases
 from samunet.experiment_planning.plan_and_preprocess import shard
@@ -27,6 +26,7 @@ from samunet.inference.export import export_prediction, prediction_is_complete
 from samunet.inference.prompt_record import PromptsJson, records_prompts
 from samunet.preprocessing.preprocessor import preprocess_arrays
 from samunet.sam.encoder_backends import EncoderBackendError, inference_threads
+from samunet.utilities.progress import progress
 from samunet.utilities.resources import cap_workers_by_memory
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     try:
         it = bounded_imap(pool, _preprocess_for_prediction, jobs, ahead=num_processes) if pool \
             else map(_preprocess_for_prediction, jobs)
-        for case, data, seg, props in tqdm(it, total=len(jobs), desc="predicting"):
+        for case, data, seg, props in progress(it, total=len(jobs), desc="predicting", unit="case"):
             probs = None
             used_prompts: list = []
             for fold, m in zip(folds, models):

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from samunet.utilities.file_io import atomic_path, load_json, load_npz, save_json
+from samunet.utilities.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ class EmbeddingCache:
         self._check_meta()
         todo = [c for i, c in enumerate(sorted(cases)) if i % num_parts == part and not self.is_valid(c)]
         done = 0
-        for case in tqdm(todo, desc=f"embedding cache ({self.meta['backbone']})", disable=not progress or not todo):
+        for case in progress_bar(todo, desc=f"embedding cache ({self.meta['backbone']})", unit="case",
+                                 disable=not progress or not todo):
             with CaseLock(self.folder / f"{case}.lock") as lock:
                 if not lock.acquired:
                     logger.info("%s is being encoded by another process; skipped", case)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
 
 from samunet.inference.export import export_prediction
 from samunet.inference.prompt_record import PromptsJson, records_prompts
 from samunet.paths import raw_root
 from samunet.preprocessing.preprocessor import load_preprocessed_case
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: s
     output_folder.mkdir(parents=True, exist_ok=True)
     fe = trainer.plans["file_ending"]
     prompts_json = PromptsJson(output_folder) if records_prompts(trainer) else None
-    for case in tqdm(cases, desc=desc):
+    for case in progress(cases, desc=desc, unit="case"):
         data, seg, props = load_preprocessed_case(trainer.data_folder, case)
         extra = {} if prompts_json is None else {"prompts_out": []}
         probs = trainer.predict_preprocessed(data, case=case, reference_seg=seg, **context, **extra)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from samunet.experiment_planning.plan_and_preprocess import data_identifier, plans_file_name
 from samunet.experiment_planning.method_defaults import fill_plan_defaults
@@ -30,6 +29,7 @@ from samunet.training.data_loading import SliceDataset
 from samunet.training.progress_logger import ProgressLogger
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, remove_stale_temp_files
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +332,8 @@ class BaseTrainer:
         t0 = time.perf_counter()
         self.network.train()
         losses = []
-        bar = tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch + 1}/{self.num_epochs}",
-                   disable=self.rank != 0, leave=False)
+        bar = progress(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch + 1}/{self.num_epochs}",
+                       disable=self.rank != 0, leave=False)
         for _ in bar:
             losses.append(self.train_step(self.next_train_batch()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -102,10 +102,10 @@ def map_with_progress(fn, tasks: list, num_processes: int, desc: str, unit: str 
     in spawned workers (``fn`` must be a module-level function)."""
     import multiprocessing
 
-    from tqdm import tqdm
+    from samunet.utilities.progress import progress
 
-    bar = dict(total=len(tasks), desc=desc, unit=unit, disable=None)
+    bar = dict(total=len(tasks), desc=desc, unit=unit)
     if num_processes > 1 and len(tasks) > 1:
         with multiprocessing.get_context("spawn").Pool(min(num_processes, len(tasks))) as pool:
-            return list(tqdm(pool.imap(fn, tasks), **bar))
-    return [fn(t) for t in tqdm(tasks, **bar)]
+            return list(progress(pool.imap(fn, tasks), **bar))
+    return [fn(t) for t in progress(tasks, **bar)]

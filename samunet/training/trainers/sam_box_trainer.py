@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
                                        slice_box_sets, slice_boxes)
@@ -43,6 +42,7 @@ from samunet.training.losses import DiceBCEWithLogits  # noqa: F401  (also impor
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.training.trainers.validation_choice import ValidationChoiceMixin
 from samunet.preprocessing.preprocessor import load_preprocessed_case
+from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         if source not in ("stage1", "stage1_only", "gt"):
             raise ValueError(f"train_box_source must be stage1, stage1_only or gt, got {source!r}")
         prompts = []
-        for case in tqdm(cases, desc=f"{source} boxes", leave=False):
+        for case in progress(cases, desc=f"{source} boxes", unit="case", leave=False):
             data, seg, _ = load_preprocessed_case(self.data_folder, case)
             probs = None
             if source != "gt":
