@@ -43,6 +43,48 @@ def model_folder(dataset: str | int, trainer_name: str, plans_name: str = DEFAUL
     return results_root() / resolve_dataset(dataset) / f"{trainer_name}__{plans_name}"
 
 
+def _fold_sort_key(fold: str):
+    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
+
+
+def folds_with_checkpoint(folder: str | Path, checkpoint_name: str = "checkpoint_final.pth") -> list[str]:
+    """The folds of a trainer folder (``fold_<name>/``) that hold ``checkpoint_name``: numbered
+    folds in numeric order, then the named ones (``all``, ``domain_<name>``) alphabetically."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    folds = [p.name[len("fold_"):] for p in folder.iterdir()
+             if p.is_dir() and p.name.startswith("fold_") and len(p.name) > 5 and (p / checkpoint_name).is_file()]
+    return sorted(folds, key=_fold_sort_key)
+
+
+def resolve_folds(folder: str | Path, trainer_name: str, folds=None,
+                  checkpoint_name: str = "checkpoint_final.pth") -> list[str]:
+    """``folds`` as strings, or (``None``/empty: ``samunet_predict`` without ``-f``) every
+    cross-validation fold of ``folder`` with ``checkpoint_name`` (when there is none: every named
+    fold with it, ``all`` / ``domain_*``); logs the folds used. Raises :class:`PredictionError` naming
+    the folder searched and the ``samunet_train`` command when no fold has the checkpoint."""
+    folder = Path(folder)
+    if folds:
+        return [str(f) for f in folds]
+    found = folds_with_checkpoint(folder, checkpoint_name)
+    numbered = [f for f in found if f.isdigit()]
+    if numbered and len(numbered) < len(found):
+        # nnU-Net's default is the cross-validation folds; a domain-hold-out or "all" model is
+        # another experiment, not a sixth ensemble member: ask for it with -f
+        logger.info("-f not given: also trained, not used (ask with -f): %s",
+                    " ".join(f for f in found if not f.isdigit()))
+        found = numbered
+    if not found:
+        where = f"{folder} (no such folder)" if not folder.is_dir() else str(folder)
+        raise PredictionError(
+            f"no fold of {trainer_name} has {checkpoint_name}: searched {where}/fold_*/{checkpoint_name}. Train "
+            f"one first, e.g. samunet_train {folder.parent.name} 0 -tr {trainer_name} (folds 0 1 2 3 4 for a "
+            "five-model ensemble), or pick the checkpoint with -chk.")
+    logger.info("-f not given: using every fold of %s with %s: %s", trainer_name, checkpoint_name, " ".join(found))
+    return found
+
+
 def load_fold_models(folder: Path, trainer_name: str, folds, checkpoint_name: str, device):
     from samunet.training.registry import find_trainer
 
@@ -148,13 +190,14 @@ def _load_user_boxes(path) -> dict:
     return boxes
 
 
-def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=(0,), plans_name=DEFAULT_PLANS_NAME,
+def predict_folder(input_folder, output_folder, dataset, trainer_name: str, folds=None, plans_name=DEFAULT_PLANS_NAME,
                    checkpoint_name: str = "checkpoint_final.pth", save_probabilities: bool = False,
                    num_processes: int = 1, device=None, continue_prediction: bool = False, prompt: str | None = None,
                    labels_folder=None, classes: list[str] | None = None, boxes_file=None,
                    encoder_backend: str | None = None, encoder_precision: str | None = None, part: int = 0,
                    num_parts: int = 1) -> list[Path]:
-    """Predict every case of ``input_folder``. ``prompt`` (SAM trainers): ``auto``, ``gt_box``
+    """Predict every case of ``input_folder`` with the models of ``folds`` (default ``None``: every
+    fold of the trainer that has ``checkpoint_name``). ``prompt`` (SAM trainers): ``auto``, ``gt_box``
     (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``.
 
     ``encoder_backend``/``encoder_precision`` override what the models were trained with (SAM
@@ -164,7 +207,8 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     shard([], part, num_parts)  # a bad --part fails before the models are loaded
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     folder = model_folder(dataset, trainer_name, plans_name)
-    models = load_fold_models(folder, trainer_name, [str(f) for f in folds], checkpoint_name, device)
+    folds = resolve_folds(folder, trainer_name, folds, checkpoint_name)
+    models = load_fold_models(folder, trainer_name, folds, checkpoint_name, device)
     for m in models:
         if getattr(m, "sam", None) is not None and (encoder_backend or encoder_precision):
             backend, precision = m.encoder_settings
@@ -228,7 +272,8 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     return written
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``samunet_predict`` argument parser (tests parse with it without predicting)."""
     from samunet.utilities.cli_arguments import add_encoder_arguments
 
     p = argparse.ArgumentParser(prog="samunet_predict", description=__doc__.splitlines()[0])
@@ -236,7 +281,9 @@ def main(argv=None) -> None:
     p.add_argument("-o", required=True, help="output folder")
     p.add_argument("-d", required=True, help="dataset ID or name the model was trained on")
     p.add_argument("-tr", default="SAMBoxTrainer", help="trainer name (default %(default)s)")
-    p.add_argument("-f", nargs="+", default=["0"], help="folds to ensemble (default 0), e.g. 0 1 2 3 4 or domain_RUNMC")
+    p.add_argument("-f", nargs="+", default=None,
+                   help="folds to ensemble, e.g. 0 1 2 3 4 or domain_RUNMC (default: every numbered fold of the trainer "
+                        "with the -chk checkpoint, else every named one; the log says which)")
     p.add_argument("-p", default=DEFAULT_PLANS_NAME, help="plans name")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default %(default)s)")
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz with class probabilities")
@@ -252,10 +299,15 @@ def main(argv=None) -> None:
                    help="ClassPromptTrainer: label names from dataset.json to segment, or 'all' (default all)")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     add_encoder_arguments(p)
-    p.add_argument("--part", type=int, default=0, help="this process's share of the cases: part i of --num_parts n")
-    p.add_argument("--num_parts", type=int, default=1,
+    p.add_argument("--part", "-part_id", dest="part", type=int, default=0,
+                   help="this process's share of the cases: part i of --num_parts n (-part_id: nnU-Net's name)")
+    p.add_argument("--num_parts", "-num_parts", dest="num_parts", type=int, default=1,
                    help="split the cases over n processes or nodes (case i, sorted, goes to part i %% n)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from samunet.training.checkpoint import CheckpointError
 

@@ -24,7 +24,8 @@ def _checked_budget(value):
     return value
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``samunet_train`` argument parser (tests parse with it without training)."""
     p = argparse.ArgumentParser(prog="samunet_train", description="Train one fold of a trainer on a preprocessed dataset.")
     p.add_argument("dataset", help="dataset ID or name, e.g. 501")
     p.add_argument("fold", help="0..4, all, or domain_<name> (see splits_domains.json)")
@@ -33,9 +34,15 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: from the plan)")
     p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: from the plan)")
     p.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth")
-    p.add_argument("--val_only", action="store_true", help="only run the final validation with checkpoint_final.pth")
-    p.add_argument("--use_best", action="store_true", help="validate with checkpoint_best.pth instead of the final one")
+    p.add_argument("--val_only", "--val", dest="val_only", action="store_true",
+                   help="only run the final validation with checkpoint_final.pth (--val: nnU-Net's name)")
+    p.add_argument("--use_best", "--val_best", dest="use_best", action="store_true",
+                   help="validate with checkpoint_best.pth instead of the final one (--val_best: nnU-Net's name)")
     p.add_argument("--no_validation", action="store_true", help="skip the final validation")
+    p.add_argument("--npz", action="store_true",
+                   help="the final validation also saves each case's class probabilities (CASE.npz, as "
+                        "samunet_predict --save_probabilities): needed by samunet_ensemble and by "
+                        "samunet_find_best_configuration to try ensembles")
     p.add_argument("--sam", default=None, help="SAM backbone: lite_medsam (default), vit_b, vit_l, vit_h, medsam_vit_b")
     p.add_argument("--sam_checkpoint", default=None, help="weights file for the ViT backbones (SAM or MedSAM)")
     add_encoder_arguments(p)
@@ -58,14 +65,18 @@ def main(argv=None) -> None:
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from samunet.training.checkpoint import CheckpointError
 
     try:
         options = parse_options(args.opt)
         train_fold(args.dataset, args.fold, args.tr, args.p, args.device, args.epochs, args.iters, args.c,
-                   args.val_only, args.use_best, args.seed, args.no_validation, **{
+                   args.val_only, args.use_best, args.seed, args.no_validation, args.npz, **{
                        "sam": args.sam, "sam_checkpoint": args.sam_checkpoint, "stage1_epochs": args.stage1_epochs,
                        "stage1_iters": args.stage1_iters, "points": args.points,
                   "stage1": args.stage1, "time_budget": _checked_budget(args.time_budget),

@@ -2,7 +2,10 @@
 test cases from the other domains) in their original geometry and evaluate them.
 
 Writes ``fold_x/validation/`` (and ``fold_x/test/``), each with one label file per case
-and ``summary.json`` (Dice and NSD per case, class and domain).
+and ``summary.json`` (Dice and NSD per case, class and domain). With ``save_probabilities``
+(``samunet_train --npz``) also ``CASE.npz``, the class probabilities in the same format as
+``samunet_predict --save_probabilities`` (for ``samunet_ensemble`` and
+``samunet_find_best_configuration``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from samunet.utilities.progress import progress
 logger = logging.getLogger(__name__)
 
 
-def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: str, **context) -> dict | None:
+def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: str, save_probabilities: bool = False,
+                         **context) -> dict | None:
     from samunet.evaluation.evaluate import evaluate_folder
 
     output_folder = Path(output_folder)
@@ -31,7 +35,13 @@ def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: s
         data, seg, props = load_preprocessed_case(trainer.data_folder, case)
         extra = {} if prompts_json is None else {"prompts_out": []}
         probs = trainer.predict_preprocessed(data, case=case, reference_seg=seg, **context, **extra)
-        export_prediction(probs, props, trainer.plans, output_folder / f"{case}{fe}")
+        export_prediction(probs, props, trainer.plans, output_folder / f"{case}{fe}", save_probabilities)
+        stale = output_folder / f"{case}.npz"
+        if not save_probabilities and stale.is_file():
+            # probabilities of an earlier --npz run no longer match the label map just written:
+            # ensembling them (samunet_ensemble, samunet_find_best_configuration) would mix two models
+            logger.info("removing %s: written by an earlier validation (rerun with --npz to keep them)", stale)
+            stale.unlink()
         if prompts_json is not None:
             prompts_json.add(case, extra["prompts_out"], props)
             prompts_json.save()
@@ -43,19 +53,23 @@ def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: s
                            cases=cases)
 
 
-def run_final_validation(trainer) -> dict:
+def run_final_validation(trainer, save_probabilities: bool = False) -> dict:
     """Validation (and test) predictions; trainers with prompt modes (``validation_prompt_modes``)
-    are also evaluated with each oracle/ablation prompt, into ``validation_<mode>/``."""
+    are also evaluated with each oracle/ablation prompt, into ``validation_<mode>/``.
+    ``save_probabilities``: also write ``CASE.npz`` in ``validation/`` and ``test/`` (not in the
+    oracle/ablation folders)."""
     results = {}
     modes = getattr(trainer, "validation_prompt_modes", [None])
     for mode in modes:
         suffix = "" if mode in (None, "auto") else f"_{mode}"
         ctx = {} if mode is None else {"prompt": mode}
+        npz = save_probabilities and not suffix
         if trainer.split["val"]:
             results[f"validation{suffix}"] = predict_and_evaluate(
-                trainer, trainer.split["val"], trainer.output_folder / f"validation{suffix}", f"validation{suffix}", **ctx)
+                trainer, trainer.split["val"], trainer.output_folder / f"validation{suffix}", f"validation{suffix}", npz,
+                **ctx)
         if trainer.split.get("test"):
             results[f"test{suffix}"] = predict_and_evaluate(
                 trainer, trainer.split["test"], trainer.output_folder / f"test{suffix}", f"test{suffix} (other domains)",
-                **ctx)
+                npz, **ctx)
     return results

@@ -16,8 +16,10 @@ DEFAULT_TRAINER = "SAMBoxTrainer"  # the whole SAMMed chain: stage 1 (trained if
 def train_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None,
                device: str | None = None, num_epochs: int | None = None, num_iterations: int | None = None,
                resume: bool = False, val_only: bool = False, use_best: bool = False, seed: int = 12345,
-               skip_validation: bool = False, **options):
-    """Train (or only validate) one fold; returns the trainer."""
+               skip_validation: bool = False, save_probabilities: bool = False, **options):
+    """Train (or only validate) one fold; returns the trainer. ``save_probabilities``
+    (``samunet_train --npz``): the final validation also writes each case's class probabilities
+    (``CASE.npz``, the ``samunet_predict --save_probabilities`` format)."""
     from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
     from samunet.training import distributed as dist_utils
     from samunet.training.final_validation import run_final_validation
@@ -45,7 +47,7 @@ def train_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: s
         if use_best and (trainer.output_folder / "checkpoint_best.pth").is_file():
             trainer.load(trainer.output_folder / "checkpoint_best.pth", weights_only_network=True)
     if trainer.rank == 0 and not skip_validation:
-        results = run_final_validation(trainer)
+        results = run_final_validation(trainer, save_probabilities)
         for split, summary in results.items():
             if summary:
                 logging.getLogger(__name__).info("%s: mean foreground Dice %.4f", split, summary["foreground_mean"]["Dice"])
