@@ -84,7 +84,7 @@ def stage_seconds(folder: Path) -> float:
 
 def original_decoder_rows(dataset_id: int, fold: str, out: Path) -> dict:
     """SAMBox's checkpoint with LiteMedSAM's original mask decoder, on the fold's test cases."""
-    from samunet.training.final_validation import predict_and_evaluate
+    from samunet.evaluation.final_validation import predict_and_evaluate
     from samunet.training.trainers.sam_box_trainer import SAMBoxTrainer
 
     t = SAMBoxTrainer(dataset_id, fold, device="cpu", time_budget="none")
@@ -105,7 +105,7 @@ def original_decoder_rows(dataset_id: int, fold: str, out: Path) -> dict:
 
 
 def run_chain(dataset_id: int, fold: str, budget: str, extra: list[str]) -> dict:
-    from samunet.training.fold_training import train_fold
+    from samunet.evaluation.final_validation import train_fold
 
     times = {}
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 
 from samunet.dataset_conversion.dataset_json import label_values, training_cases
 from samunet.imageio import reader_writer_for
-from samunet.preprocessing.cropping import nonzero_bbox
+from samunet.utilities.cropping import nonzero_bbox
 from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)

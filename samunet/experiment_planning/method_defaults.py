@@ -46,6 +46,39 @@ MULTI_BOX = {
     "component_min_pixels": 16,
 }
 
+
+# ProMISeTrainer (the paper's settings, METHODS.md 2; plan section "promise")
+PROMISE = {
+    "points": 16,
+    "mask_token": 0,
+    "legacy_double_sigmoid": False,
+    "lr": 1e-5,
+    "apm_depth": 18,
+    "apm_width": 256,
+    "fg_slice_fraction": 0.67,
+    "cache_features": True,
+}
+
+# ClassPromptTrainer / AutoMedSAM (the paper's settings, METHODS.md 3; plan section "class_prompt")
+CLASS_PROMPT = {
+    "steps": 100,
+    "width": 1.0,
+    "attention_activation": "none",
+    "final_relu": False,
+    "noise_sampling": "closed_form",
+    "train_noise": True,
+    "eval_noise": "zero",
+    "eval_noise_seed": None,
+    "box_jitter_px": 5,
+    "unnormalised": False,
+    "initial_lr": 5e-4,
+    "weight_decay": 0.01,
+    "plateau_factor": 0.9,
+    "plateau_patience": 5,
+    "grad_clip": 12.0,
+    "min_object_pixels": 1,
+}
+
 SECTIONS = {"embedding_head": EMBEDDING_HEAD}
 
 

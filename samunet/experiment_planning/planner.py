@@ -198,10 +198,7 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
 def method_settings() -> dict:
     """The per-method sections of plans.json (``promise``, ``class_prompt``): a copy of each
     trainer's defaults, so a user sees every knob in one file and can edit it there."""
-    from samunet.training.trainers.class_prompt_trainer import DEFAULTS as class_prompt_defaults
-    from samunet.training.trainers.promise_trainer import DEFAULTS as promise_defaults
-
-    return {"promise": dict(promise_defaults), "class_prompt": dict(class_prompt_defaults)}
+    return {"promise": dict(method_defaults.PROMISE), "class_prompt": dict(method_defaults.CLASS_PROMPT)}
 
 
 def preprocessing_hash(plans: dict) -> str:

@@ -274,7 +274,7 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``samunet_predict`` argument parser (tests parse with it without predicting)."""
-    from samunet.utilities.cli_arguments import add_encoder_arguments
+    from samunet.sam.cli_arguments import add_encoder_arguments
 
     p = argparse.ArgumentParser(prog="samunet_predict", description=__doc__.splitlines()[0])
     p.add_argument("-i", required=True, help="input folder with CASE_0000<ending> files")
@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("-npp", type=int, default=1, help="processes reading/preprocessing inputs (default %(default)s)")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--prompt", default=None, choices=["auto", "gt_box", "full_box", "unfiltered_box"],
+    from samunet.sam.box_prompting import PROMPT_MODES
+
+    p.add_argument("--prompt", default=None, choices=list(PROMPT_MODES),
                    help="SAM trainers: where box prompts come from (default auto: stage-1 masks)")
     p.add_argument("--labels", default=None, help="reference label folder for --prompt gt_box")
     p.add_argument("--boxes", default=None,

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from samunet.imageio import reader_writer_for
-from samunet.preprocessing.cropping import crop_to_bbox, nonzero_bbox, uncrop
+from samunet.utilities.cropping import crop_to_bbox, nonzero_bbox, uncrop
 from samunet.preprocessing.normalization import normalize
 from samunet.preprocessing.resampling import (
     inplane_shape_after_resampling,

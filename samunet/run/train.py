@@ -6,8 +6,9 @@ import argparse
 import logging
 import sys
 
-from samunet.training.fold_training import DEFAULT_TRAINER, train_fold
-from samunet.utilities.cli_arguments import add_encoder_arguments, parse_options
+from samunet.evaluation.final_validation import DEFAULT_TRAINER, train_fold
+from samunet.sam.cli_arguments import add_encoder_arguments
+from samunet.utilities.cli_arguments import parse_options
 
 train = train_fold  # old name, kept for existing imports
 

@@ -19,6 +19,7 @@ from .registry import (
     load_state_dict_file,
     weights_identity,
 )
+from .encoder_backends import build_encoder
 from .wrapper import SamWrapper
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "SAM_MODELS",
     "SamCheckpointError",
     "SamWrapper",
+    "build_encoder",
     "build_sam",
     "full_box",
     "jitter_box",

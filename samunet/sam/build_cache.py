@@ -62,7 +62,7 @@ def build_embedding_cache(dataset, sam_name: str | None = None, sam_checkpoint=N
 
 
 def main(argv=None) -> None:
-    from samunet.utilities.cli_arguments import add_encoder_arguments
+    from samunet.sam.cli_arguments import add_encoder_arguments
 
     p = argparse.ArgumentParser(prog="samunet_build_embedding_cache", description=__doc__.splitlines()[0])
     p.add_argument("-d", required=True, help="dataset ID or name")

@@ -318,16 +318,19 @@ _BUILD_LOCK = threading.Lock()
 
 
 def build_encoder(name: str = "lite_medsam", backend: str = "auto", precision: str = "fp32",
-                  checkpoint: Optional[str | os.PathLike] = None, device: torch.device | str = "cpu",
-                  sam=None, threads: Optional[int] = None) -> FrozenEncoder:
-    """The frozen image encoder of registry model ``name`` on ``backend`` (see module doc).
+                  device: torch.device | str = "cpu", sam=None, threads: Optional[int] = None,
+                  identity: Optional[str] = None) -> FrozenEncoder:
+    """The frozen image encoder of ``sam`` (a built :class:`~samunet.sam.wrapper.SamWrapper` of
+    registry model ``name``) on ``backend`` (see module doc).
 
-    ``sam``: an already built :class:`~samunet.sam.wrapper.SamWrapper` of that model whose
-    image encoder is reused (else the weights are loaded). Encoders are shared within the
-    process, so several fold models use one compiled encoder.
+    ``identity``: the weights' sha256 that keys exports and the in-process share (default
+    ``sam.weights_identity``, set by :func:`samunet.sam.build_sam`). Encoders are shared within
+    the process, so several fold models use one compiled encoder. This module never builds a
+    model itself: the caller passes it (no import of the registry, which builds wrappers that
+    use this module).
     """
-    from samunet.sam.registry import build_sam, weights_identity
-
+    if sam is None:
+        raise TypeError("build_encoder needs the built model: build_encoder(name, backend, sam=build_sam(name, ...))")
     if backend not in ENCODER_BACKENDS:
         raise EncoderBackendError(f"--encoder_backend must be one of {ENCODER_BACKENDS}, got {backend!r}")
     device = torch.device(device)
@@ -343,14 +346,15 @@ def build_encoder(name: str = "lite_medsam", backend: str = "auto", precision: s
         candidates = [backend]
     check_precision(precision, candidates[0] if backend != "auto" else "torch", device)
     threads = int(threads or inference_threads())
-    sha = weights_identity(name, sam.checkpoint_path if sam is not None else checkpoint)
+    sha = identity or getattr(sam, "weights_identity", None)
+    if not sha:
+        raise ValueError(f"the {name} model has no weights identity (built outside samunet.sam.build_sam?): "
+                         "pass identity=<sha256 of its weights file>")
     with _BUILD_LOCK:
         for cand in candidates:
             key = (name, sha, cand, precision, str(device), threads)
             if key in _ENCODERS:
                 return _ENCODERS[key]
-            if sam is None:
-                sam = build_sam(name, checkpoint, device)
             module = sam.image_encoder
             if cand == "torch":
                 enc = TorchEncoder(module, sam.input_size, precision)

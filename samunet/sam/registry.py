@@ -210,4 +210,6 @@ def build_sam(name: str = "lite_medsam", checkpoint: Optional[str | os.PathLike]
     if name not in SAM_MODELS:
         raise KeyError(f"unknown SAM model {name!r}; available: {sorted(SAM_MODELS)}")
     wrapper = SAM_MODELS[name](None if checkpoint is None else str(checkpoint))
+    if wrapper.weights_identity is None and wrapper.checkpoint_path:
+        wrapper.weights_identity = weights_identity(name, wrapper.checkpoint_path)
     return wrapper.to(torch.device(device))

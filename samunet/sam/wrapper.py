@@ -55,10 +55,13 @@ class SamWrapper(nn.Module):
         normalization: ``"minmax01"`` (MedSAM/LiteMedSAM: per-image min-max to [0, 1]) or
             ``"sam"`` (original SAM: per-image min-max to [0, 255], then SAM's pixel mean/std).
         checkpoint_path: the weights file the model was loaded from (informative).
+        weights_identity: sha256 of that file (keys encoder exports and caches; set by
+            :func:`samunet.sam.build_sam`).
     """
 
     def __init__(self, name: str, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
-                 input_size: int, normalization: str = "minmax01", checkpoint_path: Optional[str] = None):
+                 input_size: int, normalization: str = "minmax01", checkpoint_path: Optional[str] = None,
+                 weights_identity: Optional[str] = None):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
@@ -66,6 +69,7 @@ class SamWrapper(nn.Module):
         self.input_size = int(input_size)
         self.normalization = normalization
         self.checkpoint_path = checkpoint_path
+        self.weights_identity = weights_identity
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder

@@ -1,7 +1,10 @@
-"""Train (or only validate) one fold of a trainer: the library side of ``samunet_train``.
+"""Fit one fold of a trainer (train, resume, or load its checkpoint): the training half of
+``samunet_train``.
 
-Kept free of ``samunet.run`` so library code (and trainers) can train a fold without importing a CLI
-module; ``samunet.run.train`` is the command-line front end and re-exports :func:`train_fold` as ``train``.
+Kept free of ``samunet.run`` and of the later stages (inference, evaluation) so trainers can
+train another trainer's fold (the chain's stage 1). :func:`samunet.evaluation.final_validation.train_fold`
+adds the final validation (prediction in the original geometry, Dice/NSD) and is what
+``samunet_train`` runs.
 """
 
 from __future__ import annotations
@@ -13,16 +16,13 @@ import torch
 DEFAULT_TRAINER = "SAMBoxTrainer"  # the whole SAMMed chain: stage 1 (trained if missing), then SAM
 
 
-def train_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None,
-               device: str | None = None, num_epochs: int | None = None, num_iterations: int | None = None,
-               resume: bool = False, val_only: bool = False, use_best: bool = False, seed: int = 12345,
-               skip_validation: bool = False, save_probabilities: bool = False, **options):
-    """Train (or only validate) one fold; returns the trainer. ``save_probabilities``
-    (``samunet_train --npz``): the final validation also writes each case's class probabilities
-    (``CASE.npz``, the ``samunet_predict --save_probabilities`` format)."""
+def fit_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None,
+             device: str | None = None, num_epochs: int | None = None, num_iterations: int | None = None,
+             resume: bool = False, val_only: bool = False, use_best: bool = False, seed: int = 12345, **options):
+    """Train one fold (``val_only``: load its checkpoint instead); returns the trainer, its
+    network in the state the final validation uses (``use_best``: the best checkpoint)."""
     from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
     from samunet.training import distributed as dist_utils
-    from samunet.training.final_validation import run_final_validation
     from samunet.training.registry import find_trainer
     from samunet.training.trainer_base import default_device
 
@@ -46,10 +46,4 @@ def train_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: s
         trainer.run_training(resume=resume)
         if use_best and (trainer.output_folder / "checkpoint_best.pth").is_file():
             trainer.load(trainer.output_folder / "checkpoint_best.pth", weights_only_network=True)
-    if trainer.rank == 0 and not skip_validation:
-        results = run_final_validation(trainer, save_probabilities)
-        for split, summary in results.items():
-            if summary:
-                logging.getLogger(__name__).info("%s: mean foreground Dice %.4f", split, summary["foreground_mean"]["Dice"])
-    dist_utils.barrier()
     return trainer

@@ -1,4 +1,5 @@
-"""Command-line helpers shared by ``samunet_train``, ``samunet_predict`` and the cache builds."""
+"""Command-line helpers shared by every console script (the SAM encoder flags live in
+:mod:`samunet.sam.cli_arguments`)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,3 @@ def parse_options(pairs: list[str]) -> dict:
         except ValueError:
             options[key.strip()] = value
     return options
-
-
-def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
-    """``--encoder_backend`` and ``--encoder_precision`` (samunet_train, samunet_predict, cache builds)."""
-    from samunet.sam.encoder_backends import ENCODER_BACKENDS, ENCODER_PRECISIONS
-
-    p.add_argument("--encoder_backend", default=None, choices=ENCODER_BACKENDS,
-                   help="runtime of the frozen SAM image encoder (default auto: OpenVINO or ONNX Runtime when "
-                        "installed and matching PyTorch within 1e-3, else PyTorch; PyTorch on CUDA)")
-    p.add_argument("--encoder_precision", default=None, choices=ENCODER_PRECISIONS,
-                   help="fp32 (default) or bf16 (only where the CPU/GPU computes bf16 natively; bf16 embeddings are "
-                        "cached apart from fp32 ones)")

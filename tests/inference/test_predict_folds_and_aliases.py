@@ -88,7 +88,7 @@ def test_npz_reaches_the_final_validation(monkeypatch):
     probabilities saved for validation/ and test/, not for the oracle prompt folders."""
     from pathlib import Path
 
-    import samunet.training.final_validation as fv
+    import samunet.evaluation.final_validation as fv
     import samunet.training.registry as registry
     from samunet.run import train as run_train
 
@@ -137,7 +137,7 @@ def test_new_modules_respect_the_import_direction():
 
 def test_validation_without_npz_removes_stale_probabilities(samunet_roots, tmp_path, monkeypatch):
     """A validation rerun without --npz must not leave the previous model's CASE.npz beside new label maps."""
-    import samunet.training.final_validation as fv
+    import samunet.evaluation.final_validation as fv
 
     written = []
     monkeypatch.setattr(fv, "load_preprocessed_case", lambda folder, case: (None, None, {}))

@@ -67,30 +67,14 @@ from samunet.sam.prompts import mask_box
 from samunet.sam.registry import weights_identity
 from samunet.training.progress_logger import ProgressLogger
 from samunet.training import distributed as dist_utils
+from samunet.experiment_planning import method_defaults
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.training.uncertainty_weighted_loss import TERMS, UncertaintyWeightedLoss, distance_map
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "steps": 100,
-    "width": 1.0,
-    "attention_activation": "none",
-    "final_relu": False,
-    "noise_sampling": "closed_form",
-    "train_noise": True,
-    "eval_noise": "zero",
-    "eval_noise_seed": None,
-    "box_jitter_px": 5,
-    "unnormalised": False,
-    "initial_lr": 5e-4,
-    "weight_decay": 0.01,
-    "plateau_factor": 0.9,
-    "plateau_patience": 5,
-    "grad_clip": 12.0,
-    "min_object_pixels": 1,
-}
+DEFAULTS = method_defaults.CLASS_PROMPT
 EVAL_NOISE = ("zero", "sampled")
 
 

@@ -8,7 +8,7 @@ mode → output ``mask_token`` (default 0, the first multimask output, i.e. mask
 the reference) → 256² logits. No stage 1, no boxes.
 
 Settings (trainer option, e.g. ``samunet_train ... -tr ProMISeTrainer --points 16`` or a
-keyword argument of ``samunet.training.fold_training.train_fold``; else ``plans["promise"][key]`` if the plan
+keyword argument of ``samunet.training.fold_training.fit_fold``; else ``plans["promise"][key]`` if the plan
 has that section; else the default):
 
 =========================  =======  ==============================================================
@@ -52,6 +52,7 @@ from torch import nn
 from samunet.experiment_planning.plan_and_preprocess import data_identifier
 from samunet.networks.promise import AutoPromptingModule, PatternEmbedding, apm_feature_spec, encode_with_features
 from samunet.preprocessing.preprocessor import load_preprocessed_case
+from samunet.experiment_planning import method_defaults
 from samunet.sam.box_prompting import mask_to_low_res
 from samunet.sam.embedding_cache import EmbeddingCache
 from samunet.sam.feature_cache import FeatureCache
@@ -62,16 +63,7 @@ from samunet.training.trainers.sam_common import SAMTrainerMixin
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "points": 16,
-    "mask_token": 0,
-    "legacy_double_sigmoid": False,
-    "lr": 1e-5,
-    "apm_depth": 18,
-    "apm_width": 256,
-    "fg_slice_fraction": 0.67,
-    "cache_features": True,
-}
+DEFAULTS = method_defaults.PROMISE
 
 
 class ProMISeLoss(nn.Module):

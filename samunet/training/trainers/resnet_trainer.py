@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from samunet.inference.slice_inference import predict_volume_slices
+from samunet.training.slice_inference import predict_volume_slices
 from samunet.networks.resnet_segmenter import build_stage1_network
 from samunet.training.augmentation import training_transforms
 from samunet.training.losses import DiceCELoss, num_outputs_for

@@ -34,8 +34,6 @@ import torch
 
 from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
                                        slice_box_sets, slice_boxes)
-from samunet.sam.embedding_cache import encode_volume
-from samunet.sam.embedding_lru import prediction_lru
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
 from samunet.training.losses import DiceBCEWithLogits  # noqa: F401  (also importable from here, as before)
@@ -124,18 +122,18 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
     def ensure_stage1(self, time_budget: float | None = None):
         """Load the fold's stage-1 model, training it first when it is missing (sized to
         ``time_budget`` seconds when given, else to ``--stage1_epochs/--stage1_iters`` or the plan)."""
-        from samunet.training.fold_training import train_fold
+        from samunet.training.fold_training import fit_fold
 
         cls = self._stage1_class()
         folder = trainer_output_folder(self.dataset_name, self.stage1_name, self.plans_name, self.fold)
         ckpt = folder / "checkpoint_final.pth"
         if not ckpt.is_file():
             logger.info("stage 1 (%s) for fold %s is missing: training it first", self.stage1_name, self.fold)
-            train_fold(self.dataset_name, self.fold, self.stage1_name, self.plans_name, str(self.device),
-                       self.options.get("stage1_epochs"), self.options.get("stage1_iters"), seed=self.seed,
-                       skip_validation=True, **self._stage1_options(cls),
-                       **({"time_budget": time_budget} if time_budget is not None else {"time_budget": "none"}
-                          if self.time_budget_s() is None and self.options.get("stage1_epochs") is None else {}))
+            fit_fold(self.dataset_name, self.fold, self.stage1_name, self.plans_name, str(self.device),
+                     self.options.get("stage1_epochs"), self.options.get("stage1_iters"), seed=self.seed,
+                     **self._stage1_options(cls),
+                     **({"time_budget": time_budget} if time_budget is not None else {"time_budget": "none"}
+                        if self.time_budget_s() is None and self.options.get("stage1_epochs") is None else {}))
         self.stage1 = cls.from_checkpoint(ckpt, self.device)
         self.stage1_checkpoint = ckpt
         if isinstance(self.stage1, SAMTrainerMixin) and \
@@ -428,14 +426,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
             if prompts_out is not None:
                 prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]}
                                    for l, bs in boxes.items() for b in bs)
-            if use_cache:
-                emb = torch.from_numpy(np.asarray(cache.load(case)[z], dtype=np.float32))[None]
-                scaled_hw = cache.info(case)["scaled_hw"]
-            else:
-                # at most one encoder call per slice: every label's box, and every fold model of an
-                # ensemble (the LRU), decode from this one embedding
-                e, scaled_hw = encode_volume(self.sam, data[:, z:z + 1], lru=prediction_lru())
-                emb = torch.from_numpy(e)
+            emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
             owners = [l for l, bs in boxes.items() for _ in bs]
             b = self.sam.scale_boxes(torch.as_tensor(np.concatenate([boxes[l] for l in boxes]), dtype=torch.float32),
                                      (y, x))
@@ -452,11 +443,3 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
                     k = fg.index(l) + 1
                     out[k] = all_probs[k]
         return out
-
-
-class SAMBoxTrainer_GTBoxes(SAMBoxTrainer):
-    """Decoder fine-tuned on jittered reference boxes instead of stage-1 boxes."""
-
-    def make_datasets(self) -> None:
-        self.options.setdefault("train_box_source", "gt")
-        super().make_datasets()

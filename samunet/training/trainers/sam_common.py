@@ -57,6 +57,20 @@ class SAMTrainerMixin:
             logger.warning("%s; predicting with --encoder_backend auto --encoder_precision fp32", exc)
             return sam.configure_encoder("auto", "fp32")
 
+    def slice_embedding(self, data: np.ndarray, z: int, case: str | None = None) -> tuple[torch.Tensor, tuple]:
+        """``(1, 256, 64, 64)`` embedding of slice ``z`` and its scaled size: from the cache when
+        ``case`` is given (and cached), else one encoder call (shared through the prediction LRU,
+        so every label's box and every fold model of an ensemble decode from one embedding)."""
+        from samunet.sam.embedding_cache import encode_volume
+        from samunet.sam.embedding_lru import prediction_lru
+
+        cache = getattr(self, "cache", None)
+        if case is not None and cache is not None:
+            return (torch.from_numpy(np.asarray(cache.load(case)[z], dtype=np.float32))[None],
+                    tuple(cache.info(case)["scaled_hw"]))
+        e, scaled_hw = encode_volume(self.sam, data[:, z:z + 1], lru=prediction_lru())
+        return torch.from_numpy(e), scaled_hw
+
     def make_cache(self, variant: str = "", transform=None):
         """The fold's embedding cache (``variant``/``transform``: an appearance-view cache beside it)."""
         from samunet.experiment_planning.plan_and_preprocess import data_identifier

@@ -6,6 +6,10 @@ and ``summary.json`` (Dice and NSD per case, class and domain). With ``save_prob
 (``samunet_train --npz``) also ``CASE.npz``, the class probabilities in the same format as
 ``samunet_predict --save_probabilities`` (for ``samunet_ensemble`` and
 ``samunet_find_best_configuration``).
+
+:func:`train_fold` is the whole of ``samunet_train`` as a library call: fit the fold
+(:func:`samunet.training.fold_training.fit_fold`), then this validation. It lives here, above
+training and inference, because it uses both.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from pathlib import Path
 
 from samunet.inference.export import export_prediction
 from samunet.inference.prompt_record import PromptsJson, records_prompts
+from samunet.evaluation.evaluate import evaluate_folder
 from samunet.paths import raw_root
 from samunet.preprocessing.preprocessor import load_preprocessed_case
+from samunet.training.fold_training import DEFAULT_TRAINER, fit_fold
 from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -25,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 def predict_and_evaluate(trainer, cases: list[str], output_folder: Path, desc: str, save_probabilities: bool = False,
                          **context) -> dict | None:
-    from samunet.evaluation.evaluate import evaluate_folder
 
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
@@ -73,3 +78,23 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> dict:
                 trainer, trainer.split["test"], trainer.output_folder / f"test{suffix}", f"test{suffix} (other domains)",
                 npz, **ctx)
     return results
+
+
+def train_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None,
+               device: str | None = None, num_epochs: int | None = None, num_iterations: int | None = None,
+               resume: bool = False, val_only: bool = False, use_best: bool = False, seed: int = 12345,
+               skip_validation: bool = False, save_probabilities: bool = False, **options):
+    """Train (or only validate) one fold; returns the trainer. ``save_probabilities``
+    (``samunet_train --npz``): the final validation also writes each case's class probabilities
+    (``CASE.npz``, the ``samunet_predict --save_probabilities`` format)."""
+    from samunet.training import distributed as dist_utils
+
+    trainer = fit_fold(dataset, fold, trainer_name, plans_name, device, num_epochs, num_iterations, resume,
+                       val_only, use_best, seed, **options)
+    if trainer.rank == 0 and not skip_validation:
+        results = run_final_validation(trainer, save_probabilities)
+        for split, summary in results.items():
+            if summary:
+                logger.info("%s: mean foreground Dice %.4f", split, summary["foreground_mean"]["Dice"])
+    dist_utils.barrier()
+    return trainer
