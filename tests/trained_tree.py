@@ -24,6 +24,16 @@ TRAINER = "ResNetTrainer"
 _ROOTS: dict[str, Path] | None = None
 
 
+def make_roots(base: Path, mp: pytest.MonkeyPatch) -> dict[str, Path]:
+    """``{"raw", "preprocessed", "results"}`` folders under ``base``, set as the SAMUNET_* roots in ``mp``."""
+    roots = {}
+    for var, sub in (("SAMUNET_raw", "raw"), ("SAMUNET_preprocessed", "preprocessed"), ("SAMUNET_results", "results")):
+        roots[sub] = base / sub
+        roots[sub].mkdir()
+        mp.setenv(var, str(roots[sub]))
+    return roots
+
+
 def build(tmp_path_factory) -> dict[str, Path]:
     """``{"raw", "preprocessed", "results"}`` of the shared tree (trained on first use)."""
     global _ROOTS
@@ -34,13 +44,8 @@ def build(tmp_path_factory) -> dict[str, Path]:
     from samunet.run.train import train
 
     base = tmp_path_factory.mktemp("trained_tree")
-    roots = {}
     with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("SAMUNET_raw", "raw"), ("SAMUNET_preprocessed", "preprocessed"),
-                         ("SAMUNET_results", "results")):
-            roots[sub] = base / sub
-            roots[sub].mkdir()
-            mp.setenv(var, str(roots[sub]))
+        roots = make_roots(base, mp)
         make_synthetic_raw(roots["raw"])
         plan_and_preprocess(650, num_processes=1)
         plans_file = roots["preprocessed"] / DATASET / "plans.json"

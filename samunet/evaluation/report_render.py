@@ -138,6 +138,17 @@ def write_charts(tables: dict[str, Table], case_dice: dict[str, dict[str, list[f
     return written
 
 
+def _tables_md(tables: dict[str, Table], charts: dict[str, Path], names) -> list[str]:
+    """One ``###`` section per table: its markdown and, when drawn, its chart."""
+    md = []
+    for name in names:
+        t = tables[name]
+        md += [f"### {t.metric}", "", table_markdown(t)]
+        if name in charts:
+            md += [f"![{t.title}]({charts[name].name})", ""]
+    return md
+
+
 def report_markdown(tree: ResultsTree, tables: dict[str, Table], missing: list[dict], charts: dict[str, Path],
                     missing_as_zero: bool = False) -> str:
     """The text of report.md (charts linked by file name, beside it)."""
@@ -150,21 +161,13 @@ def report_markdown(tree: ResultsTree, tables: dict[str, Table], missing: list[d
            "Rows: trainers (and prompt modes); columns: the source domain the fold was trained on; cell: mean over the "
            "target domains of the per-domain foreground mean (from `fold_domain_<A>/test*/summary.json`); AVG: mean of "
            "the row.", ""]
-    for name in ("domain_holdout_dice", "domain_holdout_nsd"):
-        t = tables[name]
-        md += [f"### {t.metric}", "", table_markdown(t)]
-        if name in charts:
-            md += [f"![{t.title}]({charts[name].name})", ""]
+    md += _tables_md(tables, charts, ("domain_holdout_dice", "domain_holdout_nsd"))
     if "case_dice_by_domain" in charts:
         md += ["### Case Dice per target domain", "", "![case Dice per domain](case_dice_by_domain.png)", ""]
     md += ["## Five-fold cross-validation", "",
            "Folds 0-4, `validation*/summary.json`: mean ± sample standard deviation over the folds of the per-fold "
            "means, per class.", ""]
-    for name in ("five_fold_dice", "five_fold_nsd"):
-        t = tables[name]
-        md += [f"### {t.metric}", "", table_markdown(t)]
-        if name in charts:
-            md += [f"![{t.title}]({charts[name].name})", ""]
+    md += _tables_md(tables, charts, ("five_fold_dice", "five_fold_nsd"))
     md += ["## Cases missing a prediction", ""]
     if missing:
         md += ["| trainer | fold | split | case |", "|---|---|---|---|"]

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import trained_tree
 from conftest import make_synthetic_raw
 from samunet.evaluation.report import build_report, main
 
@@ -104,13 +105,8 @@ def build_tree(roots) -> dict:
 @pytest.fixture(scope="module")
 def html_tree(tmp_path_factory):
     base = tmp_path_factory.mktemp("report_html")
-    roots = {}
     with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("SAMUNET_raw", "raw"), ("SAMUNET_preprocessed", "preprocessed"),
-                         ("SAMUNET_results", "results")):
-            roots[sub] = base / sub
-            roots[sub].mkdir()
-            mp.setenv(var, str(roots[sub]))
+        roots = trained_tree.make_roots(base, mp)
         tree = build_tree(roots)
         assert main(["-d", "650", "--html", "--thumbnails", str(THUMBS)]) == 0
     tree["roots"] = roots
