@@ -138,6 +138,18 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
     # the checkpoint alone restores stage 1 and the choice
     loaded = SAMBoxTrainer.from_checkpoint(t.output_folder / "checkpoint_final.pth", "cpu")
     assert type(loaded.stage1).__name__ == "EmbeddingHeadTrainer" and loaded.final_choice == choice
+    # ... and the out-of-fold heads, whose mean with the fold's head gives the automatic boxes
+    assert len(ckpt["stage1_ensemble_weights"]) == 2
+    members = loaded.stage1.ensemble_members
+    assert len(members) == 2
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+    case = t.split["test"][0]
+    data, _, _ = load_preprocessed_case(t.data_folder, case)
+    mean = loaded.stage1.predict_preprocessed(data, case)
+    each = [loaded.stage1.predict_preprocessed(data, case, network=n) for n in [loaded.stage1.network, *members]]
+    np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-5)
+    assert max(np.abs(e - each[0]).max() for e in each[1:]) > 1e-3  # three different heads
 
 
 def test_stage1_choice_is_validated(small_planned):

@@ -178,8 +178,25 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         return out
 
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, network=None, **context) -> np.ndarray:
+        """Class probabilities of ``network``, else the mean over this head and its
+        :attr:`ensemble_members` (extra heads, e.g. the chain's out-of-fold heads)."""
         emb, scaled_hw = self.embeddings_of(data, case)
-        return self.predict_embeddings(emb, scaled_hw, data.shape[2:], network)
+        if network is not None or not self.ensemble_members:
+            return self.predict_embeddings(emb, scaled_hw, data.shape[2:], network)
+        nets = [self.network, *self.ensemble_members]
+        out = self.predict_embeddings(emb, scaled_hw, data.shape[2:], nets[0])
+        for net in nets[1:]:
+            out += self.predict_embeddings(emb, scaled_hw, data.shape[2:], net)
+        return out / len(nets)
+
+    @property
+    def ensemble_members(self) -> list:
+        """Extra heads averaged with :attr:`network` at prediction (empty: the head alone)."""
+        return getattr(self, "_ensemble_members", None) or []
+
+    @ensemble_members.setter
+    def ensemble_members(self, networks) -> None:
+        self._ensemble_members = [n.to(self.device).eval() for n in networks]
 
     # ---- out-of-fold models (SAMBoxTrainer's decoder-training boxes) ---------------
     def train_out_of_fold(self, k: int) -> dict[str, dict]:

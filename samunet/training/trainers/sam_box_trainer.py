@@ -52,7 +52,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
     """SAMMed (Wang et al.): stage-1 boxes -> SAM with an adapted mask decoder."""
 
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
-                         "gt_box_fraction", "l2sp_weight", "validation_choice"})
+                         "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble"})
 
     plans_section = "sam"
     wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
@@ -167,6 +167,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
     def extra_checkpoint_state(self) -> dict:
         return {
             "stage1_weights": self.stage1.network.state_dict(),
+            "stage1_ensemble_weights": [n.state_dict() for n in getattr(self.stage1, "ensemble_members", [])],
             "stage1_config": json.dumps(self.stage1.network_config()),
             "stage1_trainer": type(self.stage1).__name__,
             "stage1_options": json.dumps(getattr(self.stage1, "options", {}) or {}),
@@ -188,6 +189,13 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         stage1.network = stage1.build_network()
         stage1.network.load_state_dict(checkpoint["stage1_weights"])
         stage1.network.to(self.device).eval()
+        members = []
+        for weights in checkpoint.get("stage1_ensemble_weights") or []:
+            net = stage1.build_network()
+            net.load_state_dict(weights)
+            members.append(net)
+        if members:
+            stage1.ensemble_members = members
         self.stage1 = stage1
         self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
         self.cache = None
@@ -306,7 +314,11 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         oof = self.out_of_fold_stage1() if source != "gt" else {}
         if oof:
             self.oof_sources = {case: list(v["trained_on"]) for case, v in oof.items()}
-            logger.info("decoder-training boxes: out-of-fold stage 1 (%d parts)", len({id(v["network"]) for v in oof.values()}))
+            parts = list({id(v["network"]): v["network"] for v in oof.values()}.values())
+            logger.info("decoder-training boxes: out-of-fold stage 1 (%d parts)", len(parts))
+            if self.chain_setting("stage1_ensemble", False) and hasattr(self.stage1, "ensemble_members"):
+                # validation/test boxes: the mean of the fold's head and the out-of-fold heads
+                self.stage1.ensemble_members = parts
         self.train_prompts = self.collect_prompts(self.split["train"], source, oof)
         self.val_prompts = self.collect_prompts(self.split["val"], source)
         self.gt_prompts = self.reference_prompts(self.split["train"])
