@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import surface_distance
 from PIL import Image
 
 from samunet.evaluation.evaluate import EvaluationError, evaluate_folder, main
@@ -84,9 +86,12 @@ def test_nifti_per_case_aggregates_missing_and_json(nifti_folders, tmp_path):
     assert m2["1"]["Dice"] == 1.0
     assert m2["2"]["Dice"] == pytest.approx(0.5)
     assert m2["2"]["n_ref"] == 64 and m2["2"]["n_pred"] == 64
-    # spacing (z, y, x) = (2, 1, 1) is used for the NSD
-    expected = normalized_surface_dice(c2p == 2, c2r == 2, (2.0, 1.0, 1.0), 2.0)
-    assert m2["2"]["NSD"] == pytest.approx(expected)
+    # spacing (z, y, x) = (2, 1, 1) is used for the NSD (DeepMind's surface-distance, called directly)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = surface_distance.compute_surface_dice_at_tolerance(
+            surface_distance.compute_surface_distances(c2r == 2, c2p == 2, [2.0, 1.0, 1.0]), 2.0)
+    assert m2["2"]["NSD"] == pytest.approx(expected, abs=1e-3)
     assert 0 < expected < 1
     assert normalized_surface_dice(c2p == 2, c2r == 2, (1.0, 1.0, 1.0), 2.0) == 1.0  # 2 voxels at 1 mm
     assert s["metric_per_case"][0]["domain"] == "siteA"
@@ -159,7 +164,7 @@ def test_png_2d(tmp_path):
     r = np.zeros((20, 24), np.uint8)
     r[5:13, 5:13] = 1
     p = np.zeros_like(r)
-    p[5:13, 10:18] = 1  # shifted 5 px: Dice 2*24/128, NSD 4/7 (see test_metrics)
+    p[5:13, 10:18] = 1  # shifted 5 px: Dice 2*24/128, NSD 1/2 (by hand in test_metrics)
     write_png(r, ref / "img1.png")
     write_png(p, pred / "img1.png")
     r2 = np.zeros_like(r)
@@ -169,7 +174,7 @@ def test_png_2d(tmp_path):
     s = evaluate_folder(ref, pred, dataset_json(".png"), domains={"img1": "d1", "img2": "d2"})
     m = {row["case"]: row["metrics"] for row in s["metric_per_case"]}
     assert m["img1"]["1"]["Dice"] == pytest.approx(0.375)
-    assert m["img1"]["1"]["NSD"] == pytest.approx(4 / 7)
+    assert m["img1"]["1"]["NSD"] == pytest.approx(0.5)
     assert m["img1"]["2"]["Dice"] is None
     assert m["img2"]["2"] == {"Dice": 1.0, "NSD": 1.0, "n_ref": 16, "n_pred": 16}
     assert m["img2"]["1"]["NSD"] is None

@@ -1,46 +1,38 @@
-"""Tests of samunet.evaluation.metrics: Dice, NSD (against brute force), per-case protocol."""
+"""Tests of samunet.evaluation.metrics: Dice, NSD (against DeepMind's surface-distance and by
+hand), per-case protocol."""
 
 from __future__ import annotations
 
-import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
+import surface_distance
 
 from samunet.evaluation.metrics import (
     METRIC_PROTOCOLS,
     case_metrics,
     dice,
     normalized_surface_dice,
-    surface,
 )
 
 
-# --------------------------------------------------------------------------- brute force reference
+# --------------------------------------------------------------------------- reference
 
 
-def brute_surface(mask: np.ndarray) -> np.ndarray:
-    """A voxel is on the surface if it is foreground and any of its full-connectivity
-    neighbours (outside the array = background) is background. Plain loops."""
-    out = np.zeros_like(mask, dtype=bool)
-    offsets = [o for o in itertools.product((-1, 0, 1), repeat=mask.ndim) if any(o)]
-    for idx in zip(*np.nonzero(mask)):
-        for o in offsets:
-            n = tuple(i + d for i, d in zip(idx, o))
-            if any(c < 0 or c >= s for c, s in zip(n, mask.shape)) or not mask[n]:
-                out[idx] = True
-                break
-    return out
+def package_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tau: float) -> float:
+    """The NSD straight from DeepMind's surface-distance (both masks non-empty)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        d = surface_distance.compute_surface_distances(ref.astype(bool), pred.astype(bool), list(spacing))
+        return float(surface_distance.compute_surface_dice_at_tolerance(d, tau))
 
 
-def brute_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tau: float) -> float:
-    sp = np.asarray(spacing, float)
-    a = np.argwhere(brute_surface(pred)) * sp
-    b = np.argwhere(brute_surface(ref)) * sp
-    dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # |a| x |b|
-    good = np.count_nonzero(dist.min(1) <= tau + 1e-9) + np.count_nonzero(dist.min(0) <= tau + 1e-9)
-    return good / (len(a) + len(b))
+def ellipsoid(shape, center, radii_mm, spacing) -> np.ndarray:
+    """Boolean ellipsoid (or ellipse in 2D), centre in voxels, radii in mm."""
+    grid = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, center, spacing)], indexing="ij")
+    return sum((g / r) ** 2 for g, r in zip(grid, radii_mm)) <= 1.0
 
 
 def square(shape=(20, 24), y=5, x=5, size=8) -> np.ndarray:
@@ -76,15 +68,6 @@ def test_dice_shape_mismatch():
 # --------------------------------------------------------------------------- NSD
 
 
-def test_surface_matches_brute_force_and_border():
-    rng = np.random.default_rng(0)
-    m = rng.random((7, 9, 8)) > 0.4
-    np.testing.assert_array_equal(surface(m), brute_surface(m))
-    full = np.ones((4, 5), bool)  # outside is background: the array border is surface
-    s = surface(full)
-    assert s[0].all() and s[-1].all() and s[:, 0].all() and s[:, -1].all() and not s[1:-1, 1:-1].any()
-
-
 def test_nsd_identical_is_one():
     a = square()
     assert normalized_surface_dice(a, a, (1, 1), 2) == 1.0
@@ -92,6 +75,8 @@ def test_nsd_identical_is_one():
     cube[1:5, 2:8, 3:7] = True
     assert normalized_surface_dice(cube, cube, (3.0, 0.7, 0.7), 2) == 1.0
     assert normalized_surface_dice(cube, cube, (3.0, 0.7, 0.7), 0) == 1.0
+    full = np.ones((4, 5, 6), bool)  # outside the array is background: the array border is surface
+    assert normalized_surface_dice(full, full, (2.0, 1.0, 1.0), 0) == 1.0
 
 
 def test_nsd_2d_shift_1px_within_tolerance():
@@ -99,15 +84,70 @@ def test_nsd_2d_shift_1px_within_tolerance():
     assert normalized_surface_dice(square(y=5), square(y=6), None, 2.0) == 1.0
 
 
-def test_nsd_2d_shift_5px_hand_and_brute_force():
+def test_nsd_2d_shift_5px_by_hand():
+    """Two 8x8 squares, x = 5..12 and 10..17, tau = 2 px, area-weighted by hand.
+
+    Surface elements sit on pixel corners (x, y = 5..13 for the first square): a corner with two
+    pixels of the square in its 2x2 neighbourhood is an edge element of length 1, a square's
+    corner (one pixel) a diagonal cut of length sqrt(2)/2. Each contour: 28 edges + 4 corners =
+    28 + 2 sqrt(2). Within 2 px of the other contour: on the top row x = 8..12 (5 edges, the
+    other top row starts at 10) plus the corner x = 13, the same on the bottom row, and on the
+    right column x = 13 the elements y = 6, 7, 11, 12 (within 2 of the other's top / bottom row;
+    its left column x = 10 is 3 px away) -> 14 + sqrt(2). Symmetric for the other square:
+    NSD = 2 (14 + sqrt(2)) / (2 (28 + 2 sqrt(2))) = 1/2. (Counting border pixels gave 4/7.)"""
     p, r = square(x=5), square(x=10)
-    # by hand: each 8x8 square has 28 border pixels. The prediction's (x = 5..12) within 2 px of
-    # the reference border (x = 10..17): top row x = 8..12 (5), bottom row x = 8..12 (5), right
-    # column x = 12, y = 6..11 (6, 2 px from the reference's left column) -> 16; the left column
-    # is 5 px away. Symmetrically 16 for the reference -> 32 / 56 = 4/7.
-    expected = (16 + 16) / (28 + 28)
-    assert brute_nsd(p, r, (1, 1), 2.0) == pytest.approx(expected)
-    assert normalized_surface_dice(p, r, (1, 1), 2.0) == pytest.approx(expected)
+    assert normalized_surface_dice(p, r, (1, 1), 2.0) == pytest.approx(0.5, abs=1e-12)
+    assert normalized_surface_dice(p[None], r[None], (999.0, 1.0, 1.0), 2.0) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_nsd_2d_anisotropic_by_hand():
+    """The same squares with spacing (y, x) = (1, 0.5) mm: the shift is 2.5 mm, tau = 2 mm.
+
+    Lengths: top / bottom edge elements 0.5, left / right 1, corners d = sqrt(1 + 0.25) / 2.
+    Total per contour 7*0.5*2 + 7*1*2 + 4d = 21 + 4d. Within tau of the other contour: top row
+    x = 6..12 (7 edges of 0.5; x = 6 is 2 mm from the other top row's x = 10) plus corner x = 13,
+    the same at the bottom, and the whole right column (1.5 mm from the other's left column,
+    7 edges of 1); the left column is 2.5 mm away -> 14 + 2d. NSD = (14 + 2d) / (21 + 4d)."""
+    d = math.sqrt(1.25) / 2
+    expected = (14 + 2 * d) / (21 + 4 * d)  # 0.6506
+    p, r = square(x=5), square(x=10)
+    assert normalized_surface_dice(p, r, (1.0, 0.5), 2.0) == pytest.approx(expected, abs=1e-12)
+    assert normalized_surface_dice(p[None], r[None], (999.0, 1.0, 0.5), 2.0) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("spacing, shift, radii, tau", [
+    ((1.0, 1.0, 1.0), (0, 0, 0), ((20, 15, 12), (22, 16.5, 13.2)), 2.0),  # isotropic, 10 % dilation
+    ((3.0, 0.5, 0.5), (1, 0, 0), ((25, 20, 15), (25, 20, 15)), 2.0),  # 3 mm shift along z
+    ((3.0, 0.5, 0.5), (0, 3, -2), ((25, 20, 15), (23, 21, 14)), 2.0),
+    ((0.8, 1.2, 2.5), (1, 1, 0), ((14, 18, 20), (15, 17, 22)), 1.0),
+    ((0.8, 1.2, 2.5), (0, 0, 1), ((14, 18, 20), (12, 18, 20)), 1.5),
+])
+def test_nsd_matches_surface_distance_on_anisotropic_3d_ellipsoids(spacing, shift, radii, tau):
+    shape = tuple(int(2 * max(a, b) / sp) + 8 for a, b, sp in zip(*radii, spacing))
+    center = np.array(shape) // 2
+    ref = ellipsoid(shape, center, radii[0], spacing)
+    pred = ellipsoid(shape, center + np.array(shift), radii[1], spacing)
+    expected = package_nsd(pred, ref, spacing, tau)
+    assert 0.3 < expected < 1.0
+    assert normalized_surface_dice(pred, ref, spacing, tau) == pytest.approx(expected, abs=1e-3)
+    # array axes and spacing entries stay paired: a transposed case gives the same value
+    t = (2, 0, 1)
+    assert normalized_surface_dice(pred.transpose(t), ref.transpose(t), [spacing[i] for i in t], tau) == \
+        pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.5, 0.5), (1.0, 0.4), (2.0, 0.7)])
+def test_nsd_matches_surface_distance_in_2d(spacing):
+    shape = (70, 80)
+    ref = ellipsoid(shape, (35, 40), (18, 22), spacing)
+    pred = ellipsoid(shape, (37, 38), (16, 24), spacing)
+    pred[30:34, 20:60] = True  # a thin spur
+    for tau in (0.0, 1.0, 2.0, 3.5):
+        expected = package_nsd(pred, ref, spacing, tau)
+        assert normalized_surface_dice(pred, ref, spacing, tau) == pytest.approx(expected, abs=1e-3), tau
+        # (1, Y, X) single-slice volume with the 999 slice spacing of a 2D image
+        assert normalized_surface_dice(pred[None], ref[None], (999.0,) + spacing, tau) == \
+            pytest.approx(expected, abs=1e-3), tau
 
 
 def test_nsd_anisotropic_spacing_matters():
@@ -119,7 +159,7 @@ def test_nsd_anisotropic_spacing_matters():
     # ... but 3 mm with spacing 3 (> tau=2): the top and bottom faces no longer match
     nsd = normalized_surface_dice(pred, ref, (3.0, 1.0, 1.0), 2.0)
     assert nsd < 0.9
-    assert nsd == pytest.approx(brute_nsd(pred, ref, (3.0, 1.0, 1.0), 2.0))
+    assert nsd == pytest.approx(package_nsd(pred, ref, (3.0, 1.0, 1.0), 2.0), abs=1e-3)
     # the same shift along an axis with spacing 1 while z has spacing 3 is within tolerance
     assert normalized_surface_dice(np.roll(ref, 1, axis=2), ref, (3.0, 1.0, 1.0), 2.0) == 1.0
 
@@ -129,35 +169,49 @@ def test_nsd_2d_ignores_999_slice_spacing():
     assert normalized_surface_dice(p, r, (999.0, 1.0, 1.0), 2.0) == 1.0
     assert normalized_surface_dice(p[None], r[None], (999.0, 1.0, 1.0), 2.0) == 1.0  # (1, 1, Y, X)
     p5, r5 = square(x=5), square(x=10)
-    assert normalized_surface_dice(p5[None], r5[None], (999.0, 1.0, 1.0), 2.0) == pytest.approx(4 / 7)
-    assert normalized_surface_dice(p5, r5, (999.0, 1.0, 1.0), 2.0) == pytest.approx(4 / 7)
+    assert normalized_surface_dice(p5, r5, (999.0, 1.0, 1.0), 2.0) == pytest.approx(0.5)
     # in-plane spacing is used: 0.5 mm pixels make a 5 px shift 2.5 mm
     assert normalized_surface_dice(p5[None], r5[None], (999.0, 0.5, 0.5), 2.0) == pytest.approx(
-        brute_nsd(p5, r5, (0.5, 0.5), 2.0))
+        package_nsd(p5, r5, (0.5, 0.5), 2.0), abs=1e-3)
 
 
-def test_nsd_empty_cases():
-    e = np.zeros((10, 10), bool)
-    a = square((10, 10), 2, 2, 4)
-    assert math.isnan(normalized_surface_dice(e, e, (1, 1)))
-    assert normalized_surface_dice(a, e, (1, 1)) == 0.0
-    assert normalized_surface_dice(e, a, (1, 1)) == 0.0
+@pytest.mark.parametrize("shape", [(10, 10), (1, 10, 10), (4, 10, 10)])
+def test_nsd_empty_cases(shape):
+    e = np.zeros(shape, bool)
+    a = np.zeros(shape, bool)
+    a[..., 2:6, 2:6] = True
+    spacing = (1.0,) * len(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning (nor surface-distance's np.Inf path) either
+        assert math.isnan(normalized_surface_dice(e, e, spacing))
+        assert normalized_surface_dice(a, e, spacing) == 0.0
+        assert normalized_surface_dice(e, a, spacing) == 0.0
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_nsd_random_blobs_match_brute_force(seed):
-    """Also checks that cropping to the padded bounding box changes nothing."""
+def test_nsd_silences_surface_distance_deprecations_only_inside():
+    a, b = square(x=5), square(x=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert normalized_surface_dice(a, b, (1.0, 1.0), 1.0) < 1.0
+    # the filter does not leak out of the call
+    with pytest.warns(DeprecationWarning):
+        warnings.warn("still shown", DeprecationWarning)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nsd_random_blobs_and_array_border_match_surface_distance(seed):
     rng = np.random.default_rng(seed)
     shape = (9, 30, 28)
     pred = np.zeros(shape, bool)
     ref = np.zeros(shape, bool)
-    pred[2:6, 5:15, 4:12] = True
-    ref[3:7, 8:19, 6:13] = True
+    pred[0:6, 5:15, 0:12] = True  # touches the array border
+    ref[3:9, 8:19, 6:13] = True
     pred &= rng.random(shape) > 0.15
     ref |= rng.random(shape) > 0.97
     sp = (2.5, 0.8, 1.1)
     for tau in (0.0, 1.0, 2.0, 3.5):
-        assert normalized_surface_dice(pred, ref, sp, tau) == pytest.approx(brute_nsd(pred, ref, sp, tau)), tau
+        assert normalized_surface_dice(pred, ref, sp, tau) == pytest.approx(package_nsd(pred, ref, sp, tau),
+                                                                            abs=1e-3), tau
 
 
 def test_nsd_spacing_dimension_checked():
