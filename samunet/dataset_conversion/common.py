@@ -228,7 +228,7 @@ def compile_group_pattern(pattern: str) -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise ConversionError(f"--group_pattern {pattern!r} is not a valid regular expression ({e}).") from None
+        raise ConversionError(f"--group_pattern '{pattern}' is not a valid regular expression ({e}).") from None
 
 
 def group_from_pattern(regex: re.Pattern, stem: str, file: str | os.PathLike) -> str:
@@ -240,7 +240,7 @@ def group_from_pattern(regex: re.Pattern, stem: str, file: str | os.PathLike) ->
         value = m.group(1) if regex.groups else m.group(0)
     if not value:
         raise ConversionError(
-            f"{file}: --group_pattern {regex.pattern!r} does not match its name {stem!r}"
+            f"{file}: --group_pattern '{regex.pattern}' does not match its name {stem!r}"
             + (" (the capture group is empty)" if m else "")
             + ". Fix the pattern, e.g. '^(\\d+)_' for patient_slice names like 00_07, or use --groups CSV."
         )

@@ -158,3 +158,28 @@ def test_existing_splits_that_split_a_group_are_not_kept_silently(tmp_path):
 
 def test_groups_across_names_the_split_groups():
     assert groups_across(["S_00_00", "S_01_00"], ["S_00_01", "x"], SLICES) == ["S_00"]
+
+
+def test_plan_and_preprocess_makes_group_wise_splits_from_dataset_json(samunet_roots):
+    from conftest import make_synthetic_raw
+
+    from samunet.dataset_conversion.dataset_json import DatasetJsonError
+    from samunet.experiment_planning.plan_and_preprocess import format_summary, plan_and_preprocess
+
+    folder = make_synthetic_raw(samunet_roots["raw"], dataset_id=657, n_cases=10, shape=(3, 48, 48))
+    groups = {"s00": "pA0", "s02": "pA0", "s04": "pA1", "s06": "pA1", "s01": "pB0", "s03": "pB0", "s05": "pB0"}
+    dj = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**dj, "groups": groups}))
+    summary = plan_and_preprocess(657, num_processes=1)
+    assert summary["splits"]["groups"] == 6  # 3 named groups + 3 cases of their own
+    assert "6 groups kept whole" in format_summary(summary)
+    pre = samunet_roots["preprocessed"] / folder.name
+    folds = [load_fold(pre, i) for i in range(summary["splits"]["folds"])]
+    folds += [load_fold(pre, name) for name in summary["splits"]["domain_folds"]]
+    assert len(folds) == 7
+    for f in folds:
+        assert not groups_across(f["train"], f["val"], groups)
+
+    (folder / "dataset.json").write_text(json.dumps({**dj, "groups": {**groups, "s99": "pB0"}}))
+    with pytest.raises(DatasetJsonError, match=r"dataset.json: \"groups\" names 1 case\(s\) that are not in imagesTr: s99"):
+        plan_and_preprocess(657, num_processes=1, skip_integrity_check=True)
