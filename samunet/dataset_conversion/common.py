@@ -3,6 +3,8 @@
 * :class:`ConversionError` -- every problem a converter detects in its input;
   the message names the file(s) and the fix.
 * :func:`sanitise_case_id` / :func:`assign_case_ids` -- safe, unique case ids.
+* :func:`read_domains_csv` / :func:`read_groups_csv` / :func:`group_from_pattern` -- the
+  optional ``domains`` and ``groups`` of dataset.json from a CSV or the file names.
 * :func:`target_dataset_folder` -- refuse to clobber an existing dataset.
 * :func:`staged_dataset_folder` -- build into a hidden temporary folder beside the
   target and rename it at the end, so a failed conversion leaves nothing behind.
@@ -150,46 +152,99 @@ def staged_dataset_folder(target: str | os.PathLike, overwrite: bool = False) ->
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_domains_csv(csv_path: str | os.PathLike, case_ids: dict[str, str]) -> dict[str, str]:
-    """Read ``case,domain`` rows (header optional) and return ``{case_id: domain}``.
+def _read_case_csv(csv_path: str | os.PathLike, case_ids: dict[str, str | None], column: str) -> dict[str, str]:
+    """Read ``case,<column>`` rows (header optional) and return ``{case_id: value}``.
 
-    ``case_ids`` maps names as they may appear in the CSV (original names and
-    sanitised ids) to case ids. Every listed case must exist and every case must be listed.
-    """
+    ``case_ids`` maps names as they may appear in the CSV (original names, sanitised ids,
+    source file names) to case ids; ``None`` marks a name that fits several cases. Every
+    listed case must exist and every case must be listed."""
     path = Path(csv_path)
     if not path.is_file():
-        raise ConversionError(f"{path}: domains CSV not found.")
+        raise ConversionError(f"{path}: {column}s CSV not found.")
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     if rows and rows[0][0].strip() not in case_ids and rows[0][0].strip().lower() in {
-        "case", "case_id", "caseid", "id", "subject", "name", "identifier"
+        "case", "case_id", "caseid", "id", "subject", "name", "identifier", "file", "filename", "source",
     }:
         rows = rows[1:]
-    domains: dict[str, str] = {}
+    values: dict[str, str] = {}
     unknown: list[str] = []
-    for i, row in enumerate(rows):
+    ambiguous: list[str] = []
+    for row in rows:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ConversionError(f"{path}: row {row!r} must have two non-empty columns: case,domain.")
-        key, dom = row[0].strip(), row[1].strip()
-        cid = case_ids.get(key)
-        if cid is None:
+            raise ConversionError(f"{path}: row {row!r} must have two non-empty columns: case,{column}.")
+        key, value = row[0].strip(), row[1].strip()
+        if key not in case_ids:
             unknown.append(key)
             continue
-        if cid in domains and domains[cid] != dom:
-            raise ConversionError(f"{path}: case {key!r} is given two domains, {domains[cid]!r} and {dom!r}.")
-        domains[cid] = dom
+        cid = case_ids[key]
+        if cid is None:
+            ambiguous.append(key)
+            continue
+        if cid in values and values[cid] != value:
+            raise ConversionError(f"{path}: case {key!r} is given two {column}s, {values[cid]!r} and {value!r}.")
+        values[cid] = value
+    if ambiguous:
+        raise ConversionError(
+            f"{path}: these names fit several cases: {', '.join(sorted(ambiguous))}. Use the case id "
+            "(e.g. as printed in dataset.json) or the file's path relative to the input folder instead."
+        )
     if unknown:
         raise ConversionError(
             f"{path}: these cases are not in the dataset: {', '.join(sorted(unknown))}. "
             "Fix their names or remove those rows."
         )
-    all_ids = sorted(set(case_ids.values()))
-    missing = [c for c in all_ids if c not in domains]
+    all_ids = sorted({c for c in case_ids.values() if c is not None})
+    missing = [c for c in all_ids if c not in values]
     if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise ConversionError(
-            f"{path}: these cases have no domain: {', '.join(missing)}. Add a 'case,domain' row for each."
+            f"{path}: these cases have no {column}: {shown}. Add a 'case,{column}' row for each"
+            + (" (a case that is a patient of its own gets its own name as group)." if column == "group" else ".")
         )
-    return domains
+    return values
+
+
+def read_domains_csv(csv_path: str | os.PathLike, case_ids: dict[str, str | None]) -> dict[str, str]:
+    """Read ``case,domain`` rows (header optional) and return ``{case_id: domain}``; see :func:`_read_case_csv`."""
+    return _read_case_csv(csv_path, case_ids, "domain")
+
+
+def read_groups_csv(csv_path: str | os.PathLike, case_ids: dict[str, str | None]) -> dict[str, str]:
+    """Read ``case,group`` rows (group = patient or video sequence; header optional) and
+    return ``{case_id: group}``; see :func:`_read_case_csv`."""
+    return _read_case_csv(csv_path, case_ids, "group")
+
+
+def case_name_lookup(names: Iterable[tuple[str, str]]) -> dict[str, str | None]:
+    """``{name: case_id}`` from ``(name, case_id)`` pairs; a name given for two cases maps to ``None``."""
+    out: dict[str, str | None] = {}
+    for name, cid in names:
+        out[name] = cid if out.get(name, cid) == cid else None
+    return out
+
+
+def compile_group_pattern(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConversionError(f"--group_pattern '{pattern}' is not a valid regular expression ({e}).") from None
+
+
+def group_from_pattern(regex: re.Pattern, stem: str, file: str | os.PathLike) -> str:
+    """The patient/sequence part of a source file stem: ``regex``'s first capture group, or the
+    whole match when it has none (``re.search``, so anchor with ``^`` where needed)."""
+    m = regex.search(stem)
+    value = None
+    if m:
+        value = m.group(1) if regex.groups else m.group(0)
+    if not value:
+        raise ConversionError(
+            f"{file}: --group_pattern '{regex.pattern}' does not match its name {stem!r}"
+            + (" (the capture group is empty)" if m else "")
+            + ". Fix the pattern, e.g. '^(\\d+)_' for patient_slice names like 00_07, or use --groups CSV."
+        )
+    return value
 
 
 def list_files(folder: Path, endings: Sequence[str]) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Convert folders of 2D images and masks (PNG, JPEG, BMP, TIFF) into a samunet raw dataset.
+r"""Convert folders of 2D images and masks (PNG, JPEG, BMP, TIFF) into a samunet raw dataset.
 
 Layout: every immediate subfolder of the input is one domain (site); below it, every
 folder named ``image``/``images`` with a sibling ``mask``/``masks`` holds pairs::
@@ -9,9 +9,15 @@ If the input itself holds ``image(s)``/``mask(s)`` it is one domain named after 
 Pairs match by stem, else by stem + a suffix such as ``-mask``/``_seg``, else (one file in
 each folder) by folder. Case id = ``domain_<relative folders>_<image stem>``, e.g.
 ``BIDMC_train_00_00``. Images are written losslessly as PNG (``CASE_0000.png``, RGB in one
-file), masks as ``labelsTr/CASE.png``::
+file), masks as ``labelsTr/CASE.png``.
 
-    samunet_convert_2d_folder -i ProstateSlice/ -d 502 -n ProstateSites --invert_masks
+Slices of one patient (or frames of one video) must stay on one side of a split, so the
+converter can record ``groups`` in dataset.json: ``--group_pattern`` takes the patient part
+of each image's stem (first capture group, or the whole match) and prefixes it with the
+case's folders (``BIDMC/train/image/00_07.png`` with ``'^(\d+)_'`` -> group
+``BIDMC_train_00``); ``--groups`` reads ``case,group`` rows from a CSV::
+
+    samunet_convert_2d_folder -i ProstateSlice/ -d 502 -n ProstateSites --invert_masks --group_pattern '^(\d+)_'
     samunet_convert_2d_folder -i Fundus/ -d 503 -n Fundus --label_map 255:0,128:1,0:2 --label_names disc,cup
 """
 
@@ -28,7 +34,11 @@ from PIL import Image
 from samunet.dataset_conversion.common import (
     ConversionError,
     assign_case_ids,
+    case_name_lookup,
+    compile_group_pattern,
+    group_from_pattern,
     list_files,
+    read_groups_csv,
     run_cli,
     staged_dataset_folder,
     strip_ending,
@@ -265,9 +275,17 @@ def convert_2d_folder(
     label_map: str | dict | None = None,
     label_names: str | list[str] | None = None,
     overwrite: bool = False,
+    groups_csv: str | Path | None = None,
+    group_pattern: str | None = None,
 ) -> Path:
-    """Convert 2D image/mask folders into ``SAMUNET_raw/DatasetXXX_Name`` and return that folder."""
+    """Convert 2D image/mask folders into ``SAMUNET_raw/DatasetXXX_Name`` and return that folder.
+
+    ``groups_csv`` (rows ``case,group``; case = case id, image file name, stem or path relative
+    to ``input_dir``) or ``group_pattern`` (regex on the image stem) fill dataset.json's ``groups``."""
     input_dir = Path(input_dir)
+    if groups_csv is not None and group_pattern is not None:
+        raise ConversionError("give either --groups CSV or --group_pattern REGEX, not both.")
+    group_regex = compile_group_pattern(group_pattern) if group_pattern is not None else None
     target = target_dataset_folder(dataset_id, name, overwrite)
     lmap = parse_label_map(label_map)
     if isinstance(label_names, str):
@@ -300,6 +318,7 @@ def convert_2d_folder(
 
     # pair everything first so that all problems are reported before writing
     cases: dict[str, tuple[str, Path, Path]] = {}  # raw id -> (domain, image, mask)
+    folder_prefix: dict[str, str] = {}  # raw id -> "domain_<relative folders>"
     unpaired: list[str] = []
     for domain, root, img_dir, mask_dir in find_folder_pairs(input_dir):
         pairs, bad = pair_folder(img_dir, mask_dir)
@@ -310,12 +329,25 @@ def convert_2d_folder(
             if raw_id in cases:
                 raise ConversionError(f"{img} and {cases[raw_id][1]} give the same case id {raw_id!r}; rename one.")
             cases[raw_id] = (domain, img, msk)
+            folder_prefix[raw_id] = "_".join([domain, *rel])
     if unpaired:
         raise ConversionError(
             "unpaired files (masks must have the image's name, optionally plus '-mask'/'_seg'/...):\n  "
             + "\n  ".join(unpaired)
         )
     ids = assign_case_ids(cases, what=lambda r: str(cases[r][1]))
+    groups = None
+    if group_regex is not None:
+        groups = {
+            ids[r]: f"{folder_prefix[r]}_{group_from_pattern(group_regex, strip_ending(cases[r][1], ENDINGS), cases[r][1])}"
+            for r in sorted(cases)
+        }
+    elif groups_csv is not None:
+        names = []
+        for r, (_, img, _) in cases.items():
+            for key in (r, ids[r], img.name, strip_ending(img, ENDINGS), img.relative_to(input_dir).as_posix()):
+                names.append((key, ids[r]))
+        groups = read_groups_csv(groups_csv, case_name_lookup(names))
 
     n_channels: dict[int, list[str]] = {}
     fg_pixels = total_pixels = 0
@@ -386,8 +418,12 @@ def convert_2d_folder(
             file_ending=".png",
             dataset_name=target.name,
             domains=domains,
+            groups=groups,
         )
     logger.info("wrote %d cases from %d domain(s) to %s", len(cases), len(set(domains.values())), target)
+    if groups:
+        logger.info("groups: %d cases in %d groups (patients/sequences kept whole by the splits)",
+                    len(groups), len(set(groups.values())))
     return target
 
 
@@ -405,11 +441,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label_map", default=None,
                    help="map mask values to labels, e.g. 255:0,128:1,0:2 (overrides the threshold)")
     p.add_argument("--label_names", default=None, help="comma-separated names of the foreground labels, e.g. disc,cup")
+    p.add_argument("--groups", default=None, metavar="CSV",
+                   help="CSV with rows case,group (case id, image file name or path; group = patient or video "
+                        "sequence) written to dataset.json groups")
+    p.add_argument("--group_pattern", default=None, metavar="REGEX",
+                   help="group = first capture group (or match) of this regex on the image stem, prefixed with "
+                        "the case's folders, e.g. '^(\\d+)_' makes BIDMC/train/image/00_07.png group BIDMC_train_00")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder of this name")
     a = p.parse_args(argv)
     run_cli(lambda: convert_2d_folder(
         a.input, a.dataset_id, a.name, invert_masks=a.invert_masks, mask_threshold=a.mask_threshold,
         label_map=a.label_map, label_names=a.label_names, overwrite=a.overwrite,
+        groups_csv=a.groups, group_pattern=a.group_pattern,
     ))
 
 

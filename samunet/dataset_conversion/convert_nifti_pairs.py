@@ -1,10 +1,14 @@
-"""Convert a folder of 3D images and a folder of masks into a samunet raw dataset.
+r"""Convert a folder of 3D images and a folder of masks into a samunet raw dataset.
 
 ``images/CASE.nii.gz`` is paired with ``masks/CASE<suffix>.nii.gz``; the suffix is
 detected when not given (``""``, ``_Segmentation``, ``_mask``, ...). Inputs may be
 ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` or ``.mhd``; outputs are always ``.nii.gz``::
 
-    samunet_convert_nifti_pairs -i images/ -m masks/ -d 501 -n Prostate [--domains sites.csv]
+    samunet_convert_nifti_pairs -i images/ -m masks/ -d 501 -n Prostate [--domains sites.csv] [--groups patients.csv]
+
+``--groups`` (rows ``case,group``) or ``--group_pattern`` (regex on the image stem, e.g.
+``'^(P\d+)_'`` for ``P07_baseline``/``P07_followup``) records which scans share a patient,
+so the splits keep them together.
 
 Result: ``SAMUNET_raw/Dataset501_Prostate/{imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, dataset.json}``.
 """
@@ -23,8 +27,12 @@ import SimpleITK as sitk
 from samunet.dataset_conversion.common import (
     ConversionError,
     assign_case_ids,
+    case_name_lookup,
+    compile_group_pattern,
+    group_from_pattern,
     list_files,
     read_domains_csv,
+    read_groups_csv,
     run_cli,
     staged_dataset_folder,
     strip_ending,
@@ -180,9 +188,17 @@ def convert_nifti_pairs(
     overwrite: bool = False,
     modality: str = "MRI",
     label_names: list[str] | None = None,
+    groups_csv: str | Path | None = None,
+    group_pattern: str | None = None,
 ) -> Path:
-    """Convert image/mask pairs into ``SAMUNET_raw/DatasetXXX_Name`` and return that folder."""
+    """Convert image/mask pairs into ``SAMUNET_raw/DatasetXXX_Name`` and return that folder.
+
+    ``groups_csv`` (rows ``case,group``) or ``group_pattern`` (regex on the image stem; first
+    capture group or whole match) fill dataset.json's ``groups`` (several scans of one patient)."""
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    if groups_csv is not None and group_pattern is not None:
+        raise ConversionError("give either --groups CSV or --group_pattern REGEX, not both.")
+    group_regex = compile_group_pattern(group_pattern) if group_pattern is not None else None
     if images_dir.resolve() == masks_dir.resolve():
         raise ConversionError(
             f"images and masks are both in {images_dir}: put them in two folders (-i images/ -m masks/)."
@@ -195,6 +211,12 @@ def convert_nifti_pairs(
     if domains_csv is not None:
         lookup = {**{s: c for s, c in ids.items()}, **{c: c for c in ids.values()}}
         domains = read_domains_csv(domains_csv, lookup)
+    groups = None
+    if group_regex is not None:
+        groups = {ids[s]: group_from_pattern(group_regex, s, pairs[s][0]) for s in sorted(pairs)}
+    elif groups_csv is not None:
+        names = [(key, ids[s]) for s in pairs for key in (s, ids[s], pairs[s][0].name)]
+        groups = read_groups_csv(groups_csv, case_name_lookup(names))
 
     label_values: set[int] = set()
     with staged_dataset_folder(target, overwrite) as out:
@@ -270,6 +292,7 @@ def convert_nifti_pairs(
             file_ending=".nii.gz",
             dataset_name=target.name,
             domains=domains,
+            groups=groups,
         )
     logger.info("wrote %d cases to %s (mask suffix %r, labels %s)", len(pairs), target, suffix, labels)
     return target
@@ -287,6 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mask_suffix", default=None,
                    help="mask name = case + suffix (e.g. _Segmentation); detected when omitted")
     p.add_argument("--domains", default=None, help="CSV with rows case,domain (header optional)")
+    p.add_argument("--groups", default=None, metavar="CSV",
+                   help="CSV with rows case,group (group = patient; scans of one patient stay on one side of a split)")
+    p.add_argument("--group_pattern", default=None, metavar="REGEX",
+                   help="group = first capture group (or match) of this regex on the image stem, e.g. '^(P\\d+)_'")
     p.add_argument("--modality", default="MRI", help="channel name for dataset.json, e.g. CT or MRI (default MRI)")
     p.add_argument("--label_names", default=None,
                    help="comma-separated names of labels 1..K, e.g. PZ,CG (default label_1, label_2, ...)")
@@ -294,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     run_cli(lambda: convert_nifti_pairs(
         a.images, a.masks, a.dataset_id, a.name, mask_suffix=a.mask_suffix, domains_csv=a.domains,
+        groups_csv=a.groups, group_pattern=a.group_pattern,
         overwrite=a.overwrite, modality=a.modality,
         label_names=a.label_names.split(",") if a.label_names else None,
     ))

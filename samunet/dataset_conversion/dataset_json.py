@@ -1,8 +1,9 @@
 """dataset.json: writing, loading with validation, and listing a raw dataset's cases.
 
 The format is nnU-Net v2's (``channel_names``, ``labels``, ``numTraining``,
-``file_ending``, optional ``overwrite_image_reader_writer``) plus one optional key,
-``domains``: ``{case: site}``.
+``file_ending``, optional ``overwrite_image_reader_writer``) plus two optional keys,
+``domains``: ``{case: site}`` and ``groups``: ``{case: patient or video sequence}`` (splits keep
+the cases of one group on one side; a case not listed is a group of its own).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def generate_dataset_json(
     file_ending: str,
     dataset_name: str | None = None,
     domains: dict | None = None,
+    groups: dict | None = None,
     description: str | None = None,
     reference: str | None = None,
     licence: str | None = None,
@@ -55,6 +57,8 @@ def generate_dataset_json(
         d["licence"] = licence
     if domains:
         d["domains"] = dict(sorted(domains.items()))
+    if groups:
+        d["groups"] = dict(sorted(groups.items()))
     d.update(extra)
     save_json(d, Path(output_folder) / "dataset.json")
     return d
@@ -149,6 +153,17 @@ def validate_dataset_json(d: object, path: str | Path = "dataset.json") -> None:
         dom = d["domains"]
         if not isinstance(dom, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in dom.items()):
             problems.append('"domains" must map case ids to non-empty site names: {"case_01": "siteA", ...}')
+    if "groups" in d:
+        grp = d["groups"]
+        if not isinstance(grp, dict):
+            problems.append(f'"groups" must be an object mapping case ids to patient/sequence names, found '
+                            f'{type(grp).__name__}: write it as {{"slice_00_00": "patient_00", ...}}')
+        else:
+            bad = {k: v for k, v in grp.items() if not isinstance(v, str) or not v.strip()}
+            if bad:
+                shown = dict(list(bad.items())[:5])
+                problems.append(f'"groups" values must be non-empty strings (the patient or sequence name), found '
+                                f'{shown}{" and more" if len(bad) > 5 else ""}: quote numbers, e.g. "7" not 7')
     if problems:
         raise DatasetJsonError(f"{path}: " + "; ".join(problems) + ".")
 
@@ -192,6 +207,24 @@ def training_cases(raw_folder: str | Path, dataset_json: dict) -> dict[str, dict
     for case, chans in list_cases(raw_folder / "imagesTr", fe).items():
         out[case] = {"images": channel_files(chans), "label": raw_folder / "labelsTr" / f"{case}{fe}"}
     return out
+
+
+def case_groups(dataset_json: dict, cases, path: str | Path = "dataset.json") -> dict[str, str] | None:
+    """``groups`` of ``dataset_json`` (``{case: group}``), checked against ``cases``; ``None`` without the key.
+
+    Raises :class:`DatasetJsonError` naming ``path`` when ``groups`` lists a case that is not
+    among ``cases`` (a typo would otherwise silently leave that case ungrouped)."""
+    groups = dataset_json.get("groups")
+    if not groups:
+        return None
+    unknown = sorted(set(groups) - set(cases))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise DatasetJsonError(
+            f"{path}: \"groups\" names {len(unknown)} case(s) that are not in imagesTr: {shown}. "
+            "Fix the case names (the image file name without _0000 and the ending) or remove those entries."
+        )
+    return dict(groups)
 
 
 def case_domain(dataset_json: dict, case: str) -> str | None:

@@ -22,7 +22,13 @@ Checked:
 * all cases have the same dimensionality (a 3D image with a single slice is 3D);
 * label values are declared in ``labels``; at least one label map has foreground;
 * ``domains`` (if present) names only existing cases and assigns *every* case: a case
-  without a domain is an error, because domain-wise folds need every case assigned.
+  without a domain is an error, because domain-wise folds need every case assigned;
+* ``groups`` (if present) names only existing cases (a case not listed is its own group).
+
+Warnings (reported, but the dataset still passes): a group with cases in several domains
+(a domain fold would train on some of its cases and test on others), and a 2D dataset
+without ``groups`` whose case names look like ``<patient>_<slice>`` slices of fewer
+patients (splits by case would put slices of one patient in train and val).
 
 This module holds the dataset-level checks (dataset.json, file lists, case ids, labels,
 domains); reading each case and comparing its grids is in
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,6 +68,8 @@ logger = logging.getLogger(__name__)
 # files created by operating systems / file managers; never worth a complaint
 IGNORED_FILE_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 _MAX_LISTED = 10
+# "<patient>_<slice>" where the patient part ends in a digit: BIDMC_train_00_07 -> BIDMC_train_00
+_SLICE_NAME = re.compile(r"^(?P<patient>.*\d)[_\-.](?P<slice>\d+)$")
 
 __all__ = [
     "DatasetIntegrityError", "GEOMETRY_TOLERANCE", "IGNORED_FILE_NAMES", "IntegrityReport", "Problem",
@@ -81,6 +90,7 @@ class IntegrityReport:
     raw_folder: Path
     problems: list[Problem] = field(default_factory=list)
     num_cases: int = 0
+    warnings: list[Problem] = field(default_factory=list)  # worth reading, but the dataset passes
 
     @property
     def ok(self) -> bool:
@@ -88,6 +98,9 @@ class IntegrityReport:
 
     def format(self) -> str:
         return "\n".join(p.format() for p in self.problems)
+
+    def format_warnings(self) -> str:
+        return "\n".join(f"warning: {w.format()}" for w in self.warnings)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -286,6 +299,18 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
                 )
             )
 
+    if "groups" in dj:
+        unknown = sorted(set(dj["groups"]) - set(image_cases))
+        if unknown:
+            problems.append(
+                Problem(
+                    "dataset.json",
+                    f"groups names {len(unknown)} case(s) not in imagesTr: {_list_names(unknown)}; fix the case "
+                    "names (image file name without _0000 and the ending) or remove them from groups",
+                )
+            )
+        report.warnings.extend(_groups_across_domains(dj["groups"], dj.get("domains") or {}))
+
     channel_names = tuple(str(dj["channel_names"][k]) for k in sorted(dj["channel_names"], key=int))
     tasks = [
         CaseTask(
@@ -345,11 +370,57 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
             )
         )
 
+    if dims and dims.most_common(1)[0][0] == 2 and "groups" not in dj:
+        w = _slices_without_groups(sorted(image_cases))
+        if w:
+            report.warnings.append(w)
+
+    for w in report.warnings:
+        logger.warning("%s", w.format())
     if report.ok:
         logger.info("dataset OK: %d cases", report.num_cases)
     else:
         logger.warning("%d integrity problem(s) in %s", len(problems), root)
     return report
+
+
+def _groups_across_domains(groups: dict[str, str], domains: dict[str, str]) -> list[Problem]:
+    spread: dict[str, set[str]] = {}
+    for case, g in groups.items():
+        if case in domains:
+            spread.setdefault(g, set()).add(domains[case])
+    out = []
+    for g, doms in sorted(spread.items()):
+        if len(doms) > 1:
+            out.append(Problem(
+                "dataset.json",
+                f"group {g!r} has cases in domains {sorted(doms)}: a domain fold trains on one domain and tests on "
+                "the others, so it would test on cases of a group it trained on. If they are different patients, "
+                "give them different group names",
+            ))
+    return out
+
+
+def _slices_without_groups(cases: list[str]) -> Problem | None:
+    """A warning when most case names read ``<patient>_<slice>`` and some patient has several slices."""
+    by_patient: dict[str, list[str]] = {}
+    for c in cases:
+        m = _SLICE_NAME.match(c)
+        if m:
+            by_patient.setdefault(m.group("patient"), []).append(c)
+    matched = sum(len(v) for v in by_patient.values())
+    if not cases or matched < 0.5 * len(cases) or len(by_patient) >= matched:
+        return None
+    patient, (a, b, *_) = max(by_patient.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    return Problem(
+        "dataset.json",
+        f"{matched} of {len(cases)} case names look like slices or frames of {len(by_patient)} patients/sequences "
+        f"(<patient>_<slice>: {a} and {b} share {patient!r}), and dataset.json has no groups, so the splits may "
+        "put slices of one patient in train and val (optimistic validation and checkpoint choice). If they are, "
+        f'add "groups": {{"{a}": "{patient}", "{b}": "{patient}", ...}} to dataset.json, or reconvert with '
+        "samunet_convert_2d_folder --group_pattern REGEX (e.g. '^(\\d+)_' for 00_07.png) or --groups CSV; then "
+        "rerun samunet_plan_and_preprocess with --new_splits",
+    )
 
 
 def format_error(report: IntegrityReport) -> str:
@@ -390,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = check_dataset_integrity(folder, args.num_processes)
+    if report.warnings:
+        print(report.format_warnings())
     if report.ok:
         print(f"dataset OK: {report.num_cases} cases")
         return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samunet.dataset_conversion.dataset_json import DatasetJsonError, load_dataset_json, training_cases
+from samunet.dataset_conversion.dataset_json import DatasetJsonError, case_groups, load_dataset_json, training_cases
 from samunet.experiment_planning.fingerprint import compute_fingerprint
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME, plan_experiment, preprocessing_hash
 from samunet.experiment_planning.plans_io import data_identifier, plans_file_name  # noqa: F401  (re-exported)
@@ -145,7 +145,8 @@ def plan_and_preprocess(dataset: str | int, num_processes: int | None = None, sk
     timings["preprocessing"] = time.perf_counter() - t
 
     cases = sorted(fingerprint["cases"])
-    split_summary = make_or_check_splits(out_folder, cases, dataset_json.get("domains"), new_splits)
+    groups = case_groups(dataset_json, cases, raw_folder / "dataset.json")
+    split_summary = make_or_check_splits(out_folder, cases, dataset_json.get("domains"), new_splits, groups)
     timings["total"] = time.perf_counter() - t0
     return {
         "dataset": name,
@@ -172,7 +173,8 @@ def format_summary(summary: dict) -> str:
         f"{p['stage1']['num_epochs']} epochs x {p['stage1']['num_iterations_per_epoch']} iterations",
         f"SAM                {p['sam']['model']} at {p['sam']['input_size']} px, cache {p['sam']['cache_dtype']}",
         f"prompting          theta1 {p['prompting']['theta1']}, theta2 {p['prompting']['theta2']}, box jitter {p['prompting']['box_jitter_px']} px",
-        f"five-fold splits   {summary['splits']['folds']} folds in splits_final.json",
+        f"five-fold splits   {summary['splits']['folds']} folds in splits_final.json"
+        + (f", {summary['splits']['groups']} groups kept whole" if summary["splits"].get("groups") else ", by case (no groups in dataset.json)"),
         f"domain folds       {', '.join(summary['splits']['domain_folds']) or ('none' if summary['splits']['skipped_domains'] else 'none (no domains in dataset.json)')}",
     ]
     for dom, why in summary["splits"]["skipped_domains"].items():

@@ -640,3 +640,64 @@ def test_prostate_subset_passes(prostate_raw):
     report = check_dataset_integrity(prostate_raw)
     assert report.ok, report.format()
     assert report.num_cases == 2
+
+
+# --------------------------------------------------------------------------- groups (patients, sequences)
+
+def make_named_png(tmp_path: Path, cases: list[str], **json_overrides) -> Path:
+    """A clean grey 2D dataset with the given case names."""
+    root = tmp_path / "Dataset902_Slices"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for case in cases:
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_0000.png")
+        seg = np.zeros((16, 16), np.uint8)
+        seg[4:10, 4:10] = 1
+        Image.fromarray(seg).save(root / "labelsTr" / f"{case}.png")
+    write_dataset_json(root, channel_names={"0": "grey"}, labels={"background": 0, "prostate": 1},
+                       numTraining=len(cases), file_ending=".png", **json_overrides)
+    return root
+
+
+SLICE_CASES = [f"BIDMC_train_{p:02d}_{s:02d}" for p in range(3) for s in range(4)]
+
+
+def test_slices_of_few_patients_without_groups_warn(tmp_path, monkeypatch, capsys):
+    root = make_named_png(tmp_path, SLICE_CASES)
+    report = check_dataset_integrity(root)
+    assert report.ok, report.format()  # a warning, not a problem
+    (w,) = report.warnings
+    assert w.file == "dataset.json"
+    assert "12 of 12 case names look like slices or frames of 3 patients" in w.message
+    assert "--group_pattern" in w.message and '"groups"' in w.message and "--new_splits" in w.message
+    monkeypatch.setenv("SAMUNET_raw", str(root.parent))
+    assert main(["-d", "902"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: dataset.json: 12 of 12 case names" in out and out.strip().endswith("dataset OK: 12 cases")
+
+
+@pytest.mark.parametrize("cases", [
+    [f"{site}_train_00_00" for site in ("A", "B", "C", "D")],  # one slice per patient: nothing to leak
+    [f"case_{i:02d}" for i in range(6)],  # plain case numbers
+])
+def test_no_slice_warning_when_names_do_not_share_a_patient(tmp_path, cases):
+    report = check_dataset_integrity(make_named_png(tmp_path, cases))
+    assert report.ok and not report.warnings, report.format_warnings()
+
+
+def test_groups_silence_the_warning_and_unknown_group_cases_are_problems(tmp_path):
+    groups = {c: c.rsplit("_", 1)[0] for c in SLICE_CASES}
+    report = check_dataset_integrity(make_named_png(tmp_path / "a", SLICE_CASES, groups=groups))
+    assert report.ok and not report.warnings, report.format_warnings()
+    report = check_dataset_integrity(make_named_png(tmp_path / "b", SLICE_CASES, groups={**groups, "BIDMC_x": "p"}))
+    (p,) = only_problem(report, "dataset.json")
+    assert "groups names 1 case(s) not in imagesTr: BIDMC_x" in p.message
+
+
+def test_group_across_domains_warns(tmp_path):
+    cases = SLICE_CASES[:4]
+    domains = {c: ("A" if i < 2 else "B") for i, c in enumerate(cases)}
+    report = check_dataset_integrity(make_named_png(tmp_path, cases, domains=domains, groups={c: "p" for c in cases}))
+    assert report.ok
+    assert any("group 'p' has cases in domains ['A', 'B']" in w.message for w in report.warnings)

@@ -108,3 +108,34 @@ def test_out_of_fold_models_never_saw_their_case(head_planned):
     for case in oof:
         a, b = oof[case]["network"].state_dict(), again[case]["network"].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_out_of_fold_parts_keep_a_group_of_dataset_json_together(head_planned):
+    """Two training cases of one patient (dataset.json groups) are held out by the same part, so
+    neither gets its boxes from a head trained on the other; the case-wise parts split them."""
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer
+
+    t = EmbeddingHeadTrainer(head_planned, 0, device="cpu", num_epochs=1, num_iterations_per_epoch=1, num_views=0)
+    t.initialize()
+    t.make_datasets()
+    cases = sorted(t.split["train"])
+    assert len(cases) >= 3
+    order = np.random.default_rng([t.seed, 11]).permutation(len(cases))
+    a, b = cases[order[0]], cases[order[1]]  # in different parts when split case by case
+    t.dataset_json = {**t.dataset_json, "groups": {a: "patient", b: "patient"}}
+    t.output_folder = t.output_folder / "grouped"
+    oof = t.train_out_of_fold(2)
+    assert set(oof) == set(cases)
+    assert b not in oof[a]["trained_on"] and a not in oof[b]["trained_on"]
+    assert oof[a]["network"] is oof[b]["network"]
+    for case, v in oof.items():
+        assert case not in v["trained_on"]
+
+
+def test_out_of_fold_parts_without_groups_are_the_case_wise_parts():
+    from samunet.training.trainers.embedding_head_trainer import out_of_fold_parts
+
+    cases = [f"c{i}" for i in range(7)]
+    order = np.random.default_rng([3, 11]).permutation(7)
+    assert out_of_fold_parts(cases, None, 3, [3, 11]) == [sorted(cases[i] for i in order[j::3]) for j in range(3)]
+    assert out_of_fold_parts(cases, {c: "p" for c in cases}, 3, [3, 11]) == [cases]  # one group: one part

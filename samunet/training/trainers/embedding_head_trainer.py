@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 import torch
 
+from samunet.experiment_planning.splits import group_k_fold, group_members
 from samunet.networks.embedding_head import build_embedding_head
 from samunet.sam.appearance_views import random_appearance
 from samunet.sam.box_prompting import mask_to_low_res
@@ -199,17 +200,23 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         self._ensemble_members = [n.to(self.device).eval() for n in networks]
 
     # ---- out-of-fold models (SAMBoxTrainer's decoder-training boxes) ---------------
+    # parts keep dataset.json's groups whole: a head that saw other slices of a patient gives
+    # that patient's held-out slices better boxes than test cases would get
     def train_out_of_fold(self, k: int) -> dict[str, dict]:
-        """Train ``k`` heads, each on the training cases outside one of ``k`` parts, and return
+        """Train ``k`` heads, each on the training cases outside one of ``k`` parts (whole groups of
+        dataset.json's ``groups``; fewer parts when there are fewer groups), and return
         ``{case: {"network": head that did not see the case, "trained_on": its training cases}}``
         for every training case. Parts are saved (and resumed) under ``<fold>/oof_<k>/part_<i>``.
         """
         if getattr(self, "cache", None) is None:
             self.build_caches()
         cases = sorted(self.split["train"])
-        k = max(2, min(int(k), len(cases)))
-        order = np.random.default_rng([self.seed, 11]).permutation(len(cases))
-        parts = [sorted(cases[i] for i in order[j::k]) for j in range(k)]
+        parts = out_of_fold_parts(cases, (self.dataset_json or {}).get("groups"), k, [self.seed, 11])
+        if len(parts) < 2:
+            logger.warning("out-of-fold stage 1 skipped: the %d training cases are all one group of dataset.json's "
+                           "groups, so no part can be held out from a head that never saw its patient", len(cases))
+            return {}
+        k = len(parts)
         out: dict[str, dict] = {}
         for j, held in enumerate(parts):
             rest = sorted(set(cases) - set(held))
@@ -231,3 +238,15 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
             for case in held:
                 out[case] = {"network": net, "trained_on": rest}
         return out
+
+
+def out_of_fold_parts(cases: list[str], groups: dict[str, str] | None, k: int, seed) -> list[list[str]]:
+    """``k`` parts of ``cases`` (at most one per group) for out-of-fold heads; a group's cases share
+    a part. Without multi-case groups: every k-th case of a seeded permutation, as before groups."""
+    cases = sorted(cases)
+    members = group_members(cases, groups)
+    k = min(max(2, int(k)), len(members))
+    if len(members) == len(cases):
+        order = np.random.default_rng(seed).permutation(len(cases))
+        return [sorted(cases[i] for i in order[j::k]) for j in range(k)]
+    return group_k_fold(cases, groups, k, seed)
