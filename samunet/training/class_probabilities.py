@@ -42,32 +42,44 @@ def sigmoid_log_odds(p: np.ndarray, theta: float = 0.5, out: np.ndarray | None =
     """``logit(p) - logit(theta)`` for sigmoid probabilities ``p`` (any shape, float32): log-odds
     of each label against the background, 0 at ``p = theta``, ``-inf`` where ``p = 0``.
     ``out`` may be ``p`` itself (in place)."""
-    shift = _logit(theta)
+    shift = np.float32(_logit(theta))
     p = np.asarray(p, dtype=np.float32)
     out = np.empty_like(p) if out is None else out
     with np.errstate(divide="ignore"):
-        odds = np.log(p) - np.log1p(-p)  # -inf at 0, +inf at 1
-    np.subtract(odds, np.float32(shift), out=out)
+        for i in range(p.shape[0]):  # a channel at a time: temporaries of one label, not of all
+            odds = 1 - p[i]
+            np.divide(p[i], odds, out=odds)  # inf at p = 1
+            np.log(odds, out=odds)  # -inf at p = 0
+            np.subtract(odds, shift, out=out[i])
     return out
 
 
 def softmax_log_odds(probs: np.ndarray) -> np.ndarray:
     """``(K, ...)`` class probabilities (background first) -> ``(K - 1, ...)`` ``log(P_k / P_0)``."""
-    probs = np.maximum(np.asarray(probs, dtype=np.float32), np.float32(_TINY))
-    return np.log(probs[1:]) - np.log(probs[:1])
+    probs = np.asarray(probs, dtype=np.float32)
+    background = np.log(np.maximum(probs[0], np.float32(_TINY)))
+    out = np.empty((probs.shape[0] - 1,) + probs.shape[1:], dtype=np.float32)
+    for k in range(1, probs.shape[0]):
+        np.subtract(np.log(np.maximum(probs[k], np.float32(_TINY))), background, out=out[k - 1])
+    return out
 
 
 def log_odds_to_probabilities_(scores: np.ndarray) -> np.ndarray:
     """In place: ``scores`` ``(K, ...)`` float32 whose channels ``1..K-1`` hold each label's
     log-odds against the background (channel 0 is ignored) become class probabilities,
     ``softmax([0, s_1, ..., s_{K-1}])`` over axis 0. Returns ``scores``."""
+    # in place and a channel at a time: a many-label CT volume needs no second copy
     s = scores[1:]
     np.minimum(s, np.float32(MAX_LOG_ODDS), out=s)
     top = np.maximum(s.max(0), np.float32(0.0))  # the largest logit, background's 0 included
     np.exp(-top, out=scores[0])
-    s -= top
-    np.exp(s, out=s)  # exp(-inf) = 0: an unprompted label keeps probability 0
-    scores /= scores.sum(0, keepdims=True)
+    total = scores[0].copy()
+    for k in range(1, scores.shape[0]):
+        scores[k] -= top
+        np.exp(scores[k], out=scores[k])  # exp(-inf) = 0: an unprompted label keeps probability 0
+        total += scores[k]
+    for k in range(scores.shape[0]):
+        scores[k] /= total
     return scores
 
 
