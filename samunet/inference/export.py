@@ -23,7 +23,9 @@ probabilities_file = _probabilities_file
 
 # Keys of a probabilities ``CASE.npz`` (``samunet_predict --save_probabilities``, ``samunet_train --npz``,
 # ``samunet_ensemble --save_probabilities``): ``probabilities`` float16 ``(K, Z, Y, X)`` in the input's
-# array order, channel k for label ``label_values[k]``; ``file_ending`` and ``properties`` (JSON text:
+# array order, channel k the probability of label ``label_values[k]`` (background first, summing to 1
+# per voxel for every trainer; SAM trainers: samunet.training.class_probabilities); ``file_ending`` and
+# ``properties`` (JSON text:
 # the reader's geometry, what the writer needs to write the label map back) let a later step
 # (ensembling, post-processing) write label maps without the input images.
 PROBABILITY_KEYS = ("probabilities", "label_values", "file_ending", "properties")

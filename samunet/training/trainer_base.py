@@ -125,8 +125,10 @@ class BaseTrainer:
         raise NotImplementedError
 
     def predict_preprocessed(self, data: np.ndarray, **context) -> np.ndarray:
-        """``(C, Z, Y, X)`` preprocessed data -> ``(K, Z, Y, X)`` class scores whose argmax is the
-        label. ``context`` may carry ``case`` (a preprocessed case id) and ``reference_seg``."""
+        """``(C, Z, Y, X)`` preprocessed data -> ``(K, Z, Y, X)`` class probabilities (background
+        first, summing to 1 per voxel: folds average them, ``--save_probabilities`` saves them)
+        whose argmax is the label. ``context`` may carry ``case`` (a preprocessed case id) and
+        ``reference_seg``."""
         raise NotImplementedError
 
     def extra_checkpoint_state(self) -> dict:

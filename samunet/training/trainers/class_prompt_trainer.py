@@ -357,9 +357,10 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
                              classes=None, prompt: str | None = None, **context) -> np.ndarray:
-        """``(C, Z, Y, X)`` → ``(K, Z, Y, X)``: channel 0 holds θ2, channel k the sigmoid of label
-        k's prompt (0 for classes not requested), so the argmax is the label whose probability
-        is highest among those above θ2 (background otherwise).
+        """``(C, Z, Y, X)`` → ``(K, Z, Y, X)`` class probabilities, background first, summing to 1
+        per voxel, from the sigmoid of each label's prompt (:meth:`class_probabilities`; exactly 0
+        for classes not requested), so the argmax is the label whose sigmoid is highest among
+        those above θ2 (background otherwise).
 
         ``prompt="oracle"`` (final validation) prompts only the labels present in ``reference_seg``;
         ``"auto"``/None use ``classes``."""
@@ -374,7 +375,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         fg = self.foreground_labels
         out = self.empty_label_scores(data.shape)
         if not labels:
-            return out
+            return self.class_probabilities(out)
         cache = getattr(self, "cache", None)
         if case is not None and cache is not None and cache.is_valid(case):
             emb_all, scaled_hw = cache.load(case), cache.info(case)["scaled_hw"]
@@ -390,7 +391,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
             p = torch.sigmoid(self.sam.postprocess_logits(logits, scaled_hw, (y, x)))[:, 0].cpu().numpy()
             for label, pl in zip(labels, p):
                 out[fg.index(label) + 1, z] = pl
-        return out
+        return self.class_probabilities(out)
 
 
 class ClassPromptTrainer_Width025(ClassPromptTrainer):

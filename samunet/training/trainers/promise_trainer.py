@@ -289,8 +289,9 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
                              prompts_out: list | None = None, prompt: str | None = None, batch_slices: int = 4,
                              **context) -> np.ndarray:
-        """``(C, Z, Y, X)`` → ``(K, Z, Y, X)``: channel 0 holds θ2, channel k the probability of
-        label k, so the argmax is the label above θ2 (background otherwise).
+        """``(C, Z, Y, X)`` → ``(K, Z, Y, X)`` class probabilities, background first, summing to 1
+        per voxel, from each label's sigmoid (:meth:`class_probabilities`), so the argmax is the
+        label above θ2 (background otherwise).
 
         ``prompts_out`` (a list), when given, receives the learned points of every slice and
         class in the slice pixel frame: ``{"z", "label", "points": [[x, y], ...],
@@ -327,4 +328,4 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
                     for ci, cv in enumerate(fg):
                         prompts_out.append({"z": z, "label": int(cv), "points": pts[i, ci].tolist(),
                                             "point_labels": [int(v) for v in labels]})
-        return out
+        return self.class_probabilities(out)

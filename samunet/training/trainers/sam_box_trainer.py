@@ -3,7 +3,8 @@
 The chain: stage-1 probabilities -> θ1 threshold -> one box per sizeable connected component
 of each label (``prompting.boxes_per_label``; SAMMed's rule, the largest component only, for
 plans without it) -> frozen prompt encoder -> mask decoder on the cached image embedding ->
-sigmoid, boxes of a label merged by max -> θ2. Only the mask decoder is trained; image and
+sigmoid, boxes of a label merged by max -> θ2 (class probabilities:
+:mod:`samunet.training.class_probabilities`). Only the mask decoder is trained; image and
 prompt encoders are frozen, and image embeddings come from the embedding cache, so an epoch
 costs decoder work only.
 
@@ -401,10 +402,12 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
                              prompt: str = "auto", user_boxes: dict | None = None, prompts_out: list | None = None,
                              **context) -> np.ndarray:
-        """``(C, Z, Y, X)`` -> ``(K, Z, Y, X)``: channel 0 holds θ2, channel k SAM's probability
-        for label k (the max over that label's boxes), so the argmax is the label above θ2
-        (background otherwise). With automatic prompts, a label for which the validation
-        choice picked stage 1 gets stage 1's probability instead.
+        """``(C, Z, Y, X)`` -> ``(K, Z, Y, X)`` class probabilities, background first, summing to 1
+        per voxel (:meth:`class_probabilities`), from SAM's sigmoid for each label (the max over
+        that label's boxes): the argmax is the label above θ2 (background otherwise). With
+        automatic prompts, a label for which the validation choice picked stage 1 takes stage 1's
+        probability against the background instead (with every label from stage 1: stage 1's
+        probabilities, whose argmax the choice validated).
 
         ``user_boxes`` ``{z: {label: [x0, y0, x1, y1]}}`` in the preprocessed slice frame
         (see :func:`samunet.sam.box_prompting.user_boxes_to_preprocessed`) replace the
@@ -449,9 +452,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
                 k = fg.index(l) + 1
                 out[k, z] = np.maximum(out[k, z], pl)
         choice = (getattr(self, "final_choice", None) or {}).get("labels", {})
+        from_stage1 = {}
         if prompt == "auto" and user_boxes is None and choice:
-            for l in fg:
-                if choice.get(str(l)) == "stage1":
-                    k = fg.index(l) + 1
-                    out[k] = all_probs[k]
-        return out
+            from_stage1 = {fg.index(l) + 1: all_probs for l in fg if choice.get(str(l)) == "stage1"}
+        return self.class_probabilities(out, from_stage1)

@@ -105,9 +105,21 @@ class SAMTrainerMixin:
         return float((self.plans.get("prompting") or {}).get("theta2", 0.5))
 
     def empty_label_scores(self, data_shape) -> np.ndarray:
-        """``(K, Z, Y, X)`` scores for ``(C, Z, Y, X)`` data: channel 0 holds θ2, foreground
-        channels start at 0 and receive SAM probabilities, so the argmax is the label above θ2."""
+        """``(K, Z, Y, X)`` zeros for ``(C, Z, Y, X)`` data: channel ``k >= 1`` receives SAM's sigmoid
+        probability of label ``k`` (0: not prompted), channel 0 is filled by :meth:`class_probabilities`."""
         _, z, y, x = data_shape
-        out = np.zeros((len(self.foreground_labels) + 1, z, y, x), dtype=np.float32)
-        out[0] = self.theta2
-        return out
+        return np.zeros((len(self.foreground_labels) + 1, z, y, x), dtype=np.float32)
+
+    def class_probabilities(self, scores: np.ndarray, softmax_labels: dict | None = None) -> np.ndarray:
+        """In place: ``scores`` from :meth:`empty_label_scores`, filled with per-label sigmoids, become
+        class probabilities ``(K, Z, Y, X)`` (background first, summing to 1 per voxel) whose argmax
+        is the label above θ2 with the highest probability (background otherwise); see
+        :mod:`samunet.training.class_probabilities`. ``softmax_labels`` ``{channel k: (K, Z, Y, X)
+        softmax probabilities}`` (a stage-1 network's) take label ``k`` from those instead."""
+        from samunet.training.class_probabilities import (log_odds_to_probabilities_, sigmoid_log_odds,
+                                                          softmax_log_odds)
+
+        sigmoid_log_odds(scores[1:], self.theta2, out=scores[1:])
+        for k, probs in (softmax_labels or {}).items():
+            scores[k] = softmax_log_odds(probs[[0, k]])[0]
+        return log_odds_to_probabilities_(scores)

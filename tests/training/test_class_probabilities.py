@@ -1,0 +1,61 @@
+"""Per-label sigmoids (SAM trainers) -> class probabilities: background first, summing to 1, the
+argmax the θ2 rule; stage-1 softmax labels mix in exactly."""
+
+import numpy as np
+import pytest
+
+from samunet.training.class_probabilities import (log_odds_to_probabilities_, sigmoid_log_odds,
+                                                  sigmoids_to_class_probabilities, softmax_log_odds)
+
+
+def theta_rule(p: np.ndarray, theta: float) -> np.ndarray:
+    """The SAM trainers' decision: the label with the highest sigmoid among those above θ2, else 0."""
+    best = p.argmax(0) + 1
+    return np.where(p.max(0) > theta, best, 0)
+
+
+@pytest.mark.parametrize("theta", [0.5, 0.3, 0.8])
+def test_probabilities_sum_to_one_and_keep_the_theta2_decision(theta):
+    rng = np.random.default_rng(0)
+    p = rng.random((3, 4, 20, 20)).astype(np.float32)  # three labels, often several above θ2 at once
+    p[:, 0] = 0.0  # an unprompted slice
+    p[1, 1, :5] = 1.0  # a saturated sigmoid
+    probs = sigmoids_to_class_probabilities(p, theta)
+    assert probs.shape == (4, 4, 20, 20) and probs.dtype == np.float32
+    assert np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), theta_rule(p, theta))
+    # nothing prompted: background is certain and the labels have probability exactly 0
+    assert np.all(probs[0, 0] == 1.0) and np.all(probs[1:, 0] == 0.0)
+    # each label's odds against the background are its own, whatever the other labels say
+    q = 1 / (1 + np.exp(-(np.log(p[2, 2:]) - np.log1p(-p[2, 2:]) - np.log(theta / (1 - theta)))))
+    np.testing.assert_allclose(probs[3, 2:] / probs[0, 2:], q / (1 - q), rtol=1e-3)
+
+
+def test_one_label_at_half_is_the_two_class_sigmoid():
+    p = np.linspace(0, 1, 11, dtype=np.float32)[None, :, None, None]
+    probs = sigmoids_to_class_probabilities(p, 0.5)
+    np.testing.assert_allclose(probs[1], p[0], atol=1e-6)
+    np.testing.assert_allclose(probs[0], 1 - p[0], atol=1e-6)
+
+
+def test_softmax_labels_round_trip_exactly():
+    """A stage-1 softmax written as log-odds against its background comes back unchanged."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (3, 2, 8, 8)).astype(np.float32)
+    soft = np.exp(logits) / np.exp(logits).sum(0)
+    scores = np.zeros_like(soft)
+    scores[1:] = softmax_log_odds(soft)
+    np.testing.assert_allclose(log_odds_to_probabilities_(scores), soft, atol=1e-6)
+    # mixed: label 1 from the softmax, label 2 from a sigmoid, still a distribution
+    scores = np.zeros_like(soft)
+    scores[1] = softmax_log_odds(soft)[0]
+    scores[2] = sigmoid_log_odds(rng.random((2, 8, 8)).astype(np.float32), 0.5)
+    mixed = log_odds_to_probabilities_(scores)
+    np.testing.assert_allclose(mixed.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(mixed[1] / mixed[0], soft[1] / soft[0], rtol=1e-4)
+
+
+def test_theta2_outside_zero_one_names_the_plan_key():
+    with pytest.raises(ValueError, match="prompting.theta2 in plans.json"):
+        sigmoids_to_class_probabilities(np.zeros((1, 1, 2, 2), np.float32), 1.0)
