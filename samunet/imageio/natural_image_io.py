@@ -376,6 +376,9 @@ def read_natural_image(file: str | os.PathLike) -> np.ndarray:
 
 class NaturalImage2DIO(ImageIO):
     supported_file_endings = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    #: prediction inputs may be any of these formats, whatever the dataset's file ending
+    #: (files are routed by content; one file holds all channels of an RGB image)
+    accepts_any_natural_image = True
 
     def read_images(self, files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, dict]:
         chans = []

@@ -138,16 +138,47 @@ def bounded_imap(pool, fn, jobs, ahead: int):
         yield result
 
 
-def find_input_cases(input_folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
+def find_input_cases(input_folder: Path, file_ending: str, num_channels: int,
+                     natural_endings: tuple[str, ...] = ()) -> dict[str, list[Path]]:
+    """``{case: channel files}`` of an input folder: ``CASE_XXXX<file_ending>`` files, as in
+    imagesTr. ``natural_endings`` (a 2D natural-image dataset): also images with any of these
+    endings (``.tif`` frames for a ``.png`` dataset, ...), a file named ``CASE_XXXX.<ext>`` as
+    channel XXXX of CASE, any other file as one case of its own (one file holds all of an RGB
+    image's channels); the reader goes by the file's content, not its name."""
     if not input_folder.is_dir():
         raise PredictionError(f"input folder {input_folder} does not exist")
-    cases = {c: channel_files(ch) for c, ch in list_cases(input_folder, file_ending).items()}
+    found = list_cases(input_folder, file_ending)
+    if natural_endings:
+        found = _natural_image_cases(input_folder, found, natural_endings)
+    cases = {c: channel_files(ch) for c, ch in found.items()}
     if not cases:
+        also = f" (or any {'/'.join(natural_endings)} image)" if natural_endings else ""
         raise PredictionError(
-            f"no input images in {input_folder}: expected files named CASE_0000{file_ending} "
+            f"no input images in {input_folder}: expected files named CASE_0000{file_ending}{also} "
             f"(one per channel, as in imagesTr)."
         )
     return cases
+
+
+def _natural_image_cases(folder: Path, found: dict, endings: tuple[str, ...]) -> dict[str, dict[int, Path]]:
+    """``found`` plus every other image file with one of ``endings`` (see :func:`find_input_cases`);
+    two files that would be the same case and channel are an error naming both."""
+    import re
+
+    pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+    out = {c: dict(ch) for c, ch in found.items()}
+    taken = {p for ch in found.values() for p in ch.values()}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p in taken or p.suffix.lower() not in endings:
+            continue
+        m = pattern.match(p.stem)
+        case, channel = (m.group("case"), int(m.group("channel"))) if m else (p.stem, 0)
+        other = out.get(case, {}).get(channel)
+        if other is not None:
+            raise PredictionError(f"{other} and {p} in {folder} are both case {case!r} (channel {channel}): "
+                                  f"keep one of them or rename the other")
+        out.setdefault(case, {})[channel] = p
+    return out
 
 
 def _preprocess_for_prediction(args):
@@ -215,7 +246,9 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
             m.sam.configure_encoder(encoder_backend or backend, encoder_precision or precision)
     plans, dataset_json = models[0].plans, models[0].dataset_json
     fe = dataset_json["file_ending"]
-    cases = find_input_cases(input_folder, fe, plans["num_channels"])
+    rw = reader_writer_for(fe, dataset_json.get("overwrite_image_reader_writer"))
+    natural = tuple(rw.supported_file_endings) if getattr(rw, "accepts_any_natural_image", False) else ()
+    cases = find_input_cases(input_folder, fe, plans["num_channels"], natural)
     if input_folder.resolve() == output_folder.resolve():
         raise PredictionError("the output folder must differ from the input folder")
     output_folder.mkdir(parents=True, exist_ok=True)
