@@ -47,32 +47,54 @@ def test_empty_folder_says_what_is_accepted(tmp_path):
 
 
 def test_predict_raw_clinicdb_tiffs_with_a_png_model(shared_data, samunet_roots, tmp_path):
-    """Convert the three CVC-ClinicDB TIFF pairs (to PNG), train a tiny stage 1, then predict the
-    original .tif frames: one PNG mask per frame, in the frame's 384 x 288 geometry."""
+    """Convert the three CVC-ClinicDB TIFF pairs (to PNG), train a tiny stage 1 on two folds, then
+    predict the original .tif frames: one PNG mask per frame in the frame's 384 x 288 geometry,
+    probabilities that samunet_ensemble averages, and post-processing chosen and applied on them."""
     import json
 
     from samunet.dataset_conversion.convert_2d_folder import convert_2d_folder
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.inference.ensembling import main as ensemble_main
+    from samunet.inference.postprocessing import apply_main, determine_main
     from samunet.inference.predictor import main as predict_main
     from samunet.run.train import train
 
     src = shared_data / "clinicdb_tiff3"
     if not src.is_dir():
         pytest.skip(f"{src} not found")
-    convert_2d_folder(src, 507, "ClinicTiff")
+    raw = convert_2d_folder(src, 507, "ClinicTiff")
     plan_and_preprocess(507, num_processes=1)
     plans_file = next(samunet_roots["preprocessed"].glob("Dataset507_*/plans.json"))
     plans = json.loads(plans_file.read_text())
     plans["stage1"]["batch_size"] = 2
     plans["stage1"]["num_val_iterations_per_epoch"] = 0
     plans_file.write_text(json.dumps(plans))
-    train(507, "0", "ResNetTrainer", device="cpu", num_epochs=1, num_iterations=2)
-    frames = tmp_path / "frames"
-    shutil.copytree(src / "images", frames)
-    out = tmp_path / "out"
-    predict_main(["-i", str(frames), "-o", str(out), "-d", "507", "-tr", "ResNetTrainer", "-f", "0",
-                  "-device", "cpu"])
-    for stem in ("104", "105", "106"):
-        seg = np.array(Image.open(out / f"{stem}.png"))
+    for fold in ("0", "1"):
+        train(507, fold, "ResNetTrainer", device="cpu", num_epochs=1, num_iterations=2)
+    frames = tmp_path / "frames"  # the hospital's files, named like the dataset's cases
+    frames.mkdir()
+    stems = ("104", "105", "106")
+    for stem in stems:
+        shutil.copy(src / "images" / f"{stem}.tif", frames / f"clinicdb_tiff3_{stem}.tif")
+    outs = []
+    for fold in ("0", "1"):
+        outs.append(tmp_path / f"out{fold}")
+        predict_main(["-i", str(frames), "-o", str(outs[-1]), "-d", "507", "-tr", "ResNetTrainer", "-f", fold,
+                      "-device", "cpu", "--save_probabilities"])
+    for stem in stems:
+        seg = np.array(Image.open(outs[0] / f"clinicdb_tiff3_{stem}.png"))
         assert seg.shape == tifffile.imread(src / "images" / f"{stem}.tif").shape[:2] == (288, 384)
         assert set(np.unique(seg)) <= {0, 1}
+    ens = tmp_path / "ensemble"
+    ensemble_main(["-i", str(outs[0]), str(outs[1]), "-o", str(ens)])
+    for stem in stems:
+        p = sum(np.load(o / f"clinicdb_tiff3_{stem}.npz")["probabilities"].astype(np.float64) for o in outs)
+        expected = np.argmax(p, axis=0).reshape(288, 384)
+        np.testing.assert_array_equal(np.array(Image.open(ens / f"clinicdb_tiff3_{stem}.png")), expected)
+    pp = tmp_path / "postprocessing.json"
+    determine_main(["-i", str(ens), "-ref", str(raw / "labelsTr"), "--dataset", "507", "-o", str(pp)])
+    assert json.loads(pp.read_text())
+    final = tmp_path / "final"
+    apply_main(["-i", str(ens), "-o", str(final), "-pp_pkl_file", str(pp)])
+    for stem in stems:
+        assert np.array(Image.open(final / f"clinicdb_tiff3_{stem}.png")).shape == (288, 384)
