@@ -13,12 +13,13 @@ from conftest import make_synthetic_raw
 IGNORE = 2
 
 
-def make_ignore_raw(raw_root: Path, dataset_id: int = 651, n_cases: int = 6) -> Path:
+def make_ignore_raw(raw_root: Path, dataset_id: int = 651, n_cases: int = 6, shape=(6, 64, 64),
+                    domains: bool = False) -> Path:
     """:func:`make_synthetic_raw` (bright blob = label 1) plus unannotated pixels (label 2 =
     ``ignore``): a 3-row band through the blob's centre across the whole slice, and a bright
     blob-like square in a corner that nobody annotated. Trained as a class, or as background,
     the ignore pixels would teach the network something false."""
-    folder = make_synthetic_raw(raw_root, dataset_id, n_cases=n_cases, domains=False)
+    folder = make_synthetic_raw(raw_root, dataset_id, n_cases=n_cases, shape=shape, domains=domains)
     for lab_file in sorted((folder / "labelsTr").glob("*.nii.gz")):
         case = lab_file.name[: -len(".nii.gz")]
         img_file = folder / "imagesTr" / f"{case}_0000.nii.gz"
