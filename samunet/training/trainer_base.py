@@ -89,6 +89,11 @@ class BaseTrainer:
             raise FileNotFoundError(f"{plans_file} not found: run samunet_plan_and_preprocess -d {dataset} first.")
         self.plans = fill_plan_defaults(load_json(plans_file))
         self.dataset_json = load_json(self.preprocessed_folder / "dataset.json")
+        if "ignore" in (self.dataset_json.get("labels") or {}) and self.plans.get("ignore_label") is None:
+            raise ValueError(
+                f"{plans_file} was planned by an older samunet that trains dataset.json's \"ignore\" label as a "
+                f"class; re-plan (samunet_plan_and_preprocess -d {dataset}, without --keep_plans) so that it is "
+                "recorded as ignore_label and left out of loss and metrics")
         self.split = load_fold(self.preprocessed_folder, self.fold)
         self.data_folder = self.preprocessed_folder / data_identifier(self.plans)
         self.device = torch.device(device) if device is not None else default_device()

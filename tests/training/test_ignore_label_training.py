@@ -73,3 +73,21 @@ def test_resnet_trainer_learns_with_an_ignore_label(samunet_roots):
         assert IGNORE not in np.unique(pred)
         dices.append(case_metrics(pred, seg[0], [1], ignore_label=IGNORE)[1]["Dice"])
     assert min(dices) > 0.75, dices  # measured 0.81-0.82 (untrained: < 0.1)
+
+
+def test_a_plan_from_before_the_ignore_label_is_refused(samunet_roots):
+    """A plan written before samunet knew the ignore label would train it as a class: refused."""
+    import json
+
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.training.trainers.resnet_trainer import ResNetTrainer
+
+    make_ignore_raw(samunet_roots["raw"], 651, n_cases=4)
+    plan_and_preprocess(651, num_processes=1)
+    plans_file = next(samunet_roots["preprocessed"].glob("Dataset651_*/plans.json"))
+    plans = json.loads(plans_file.read_text())
+    plans["label_values"] = [0, 1, IGNORE]
+    del plans["ignore_label"]
+    plans_file.write_text(json.dumps(plans))
+    with pytest.raises(ValueError, match=r"plans\.json .*ignore.*re-plan"):
+        ResNetTrainer(651, 0, device="cpu")
