@@ -4,6 +4,12 @@ The format is nnU-Net v2's (``channel_names``, ``labels``, ``numTraining``,
 ``file_ending``, optional ``overwrite_image_reader_writer``) plus two optional keys,
 ``domains``: ``{case: site}`` and ``groups``: ``{case: patient or video sequence}`` (splits keep
 the cases of one group on one side; a case not listed is a group of its own).
+
+As in nnU-Net v2, a label named ``ignore`` (the highest value) marks unannotated pixels: it is
+no class the network predicts (:func:`label_values`, :func:`foreground_labels` leave it out),
+training losses skip its pixels and evaluation masks them out (:func:`ignore_label`).
+Region-based labels (a list of values per label, nnU-Net's region training) are refused with
+the alternative (plain integer labels trained as separate classes).
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import re
 from pathlib import Path
 
 from samunet.utilities.file_io import save_json
+
+#: nnU-Net v2's name for the label of unannotated pixels (excluded from loss and metrics)
+IGNORE_LABEL_NAME = "ignore"
 
 SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -132,9 +141,11 @@ def validate_dataset_json(d: object, path: str | Path = "dataset.json") -> None:
     if isinstance(d.get("labels"), dict):
         lab = d["labels"]
         bad = {k: v for k, v in lab.items() if not isinstance(v, int) or isinstance(v, bool)}
-        if bad:
-            kinds = "region-based (lists)" if any(isinstance(v, list) for v in bad.values()) else "non-integer"
-            problems.append(f'"labels" values must be integers; {kinds} labels are not supported: {bad}')
+        regions = {k: v for k, v in bad.items() if isinstance(v, (list, tuple))}
+        if regions or "regions_class_order" in d:
+            problems.append(_region_labels_message(regions, "regions_class_order" in d))
+        elif bad:
+            problems.append(f'"labels" values must be integers; non-integer labels are not supported: {bad}')
         else:
             values = sorted(lab.values())
             if 0 not in values:
@@ -143,8 +154,14 @@ def validate_dataset_json(d: object, path: str | Path = "dataset.json") -> None:
                 problems.append(f'"labels" values must be unique, found {values}')
             elif values != list(range(len(values))):
                 problems.append(f'"labels" values must be consecutive from 0, found {values}: renumber the label maps')
-            if len(values) < 2:
-                problems.append('"labels" needs at least one foreground label besides background')
+            ignore = lab.get(IGNORE_LABEL_NAME)
+            if ignore is not None and ignore != max(values):
+                problems.append(f'the "{IGNORE_LABEL_NAME}" label must have the highest value (nnU-Net v2\'s rule), '
+                                f'found {ignore} below {max(values)}: renumber it to {max(values)} in labels and '
+                                'in the label maps')
+            if len(values) - (ignore is not None) < 2:
+                problems.append('"labels" needs at least one foreground label besides background'
+                                + (f' and "{IGNORE_LABEL_NAME}"' if ignore is not None else ''))
     if isinstance(d.get("numTraining"), int) and not isinstance(d.get("numTraining"), bool) and d["numTraining"] < 1:
         problems.append(f'"numTraining" must be at least 1, found {d["numTraining"]}')
     if isinstance(d.get("file_ending"), str) and not d["file_ending"].startswith("."):
@@ -168,13 +185,39 @@ def validate_dataset_json(d: object, path: str | Path = "dataset.json") -> None:
         raise DatasetJsonError(f"{path}: " + "; ".join(problems) + ".")
 
 
-def label_values(dataset_json: dict) -> list[int]:
-    """Sorted label values, background first."""
+def _region_labels_message(regions: dict, has_class_order: bool) -> str:
+    found = ", ".join(f'"{k}": {v}' for k, v in regions.items())
+    what = f"labels {found}" if regions else '"regions_class_order"'
+    if regions and has_class_order:
+        what += ' and "regions_class_order"'
+    return (f"region-based labels ({what}) are nnU-Net's region-based training, which samunet does not "
+            "support. Use plain integer labels instead: give every region its own value in the label maps "
+            '(e.g. "background": 0, "edema": 1, "non-enhancing": 2, "enhancing": 3) and train them as separate '
+            'classes; remove "regions_class_order". Unions such as "whole tumor" = 1+2+3 can be formed from '
+            "the predictions afterwards")
+
+
+def ignore_label(dataset_json: dict) -> int | None:
+    """The value of the ``ignore`` label (unannotated pixels), or None when there is none."""
+    v = dataset_json["labels"].get(IGNORE_LABEL_NAME)
+    return None if v is None else int(v)
+
+
+def all_label_values(dataset_json: dict) -> list[int]:
+    """Every declared label value (the ignore label included): what a label map may contain."""
     return sorted(dataset_json["labels"].values())
 
 
+def label_values(dataset_json: dict) -> list[int]:
+    """Sorted values of the classes the network predicts, background first (the ignore label left out)."""
+    ignore = ignore_label(dataset_json)
+    return [v for v in all_label_values(dataset_json) if v != ignore]
+
+
 def foreground_labels(dataset_json: dict) -> dict[str, int]:
-    return {k: v for k, v in sorted(dataset_json["labels"].items(), key=lambda kv: kv[1]) if v != 0}
+    """``{name: value}`` of the foreground classes (neither background nor the ignore label)."""
+    ignore = ignore_label(dataset_json)
+    return {k: v for k, v in sorted(dataset_json["labels"].items(), key=lambda kv: kv[1]) if v not in (0, ignore)}
 
 
 def list_cases(image_folder: str | Path, file_ending: str) -> dict[str, dict[int, Path]]:

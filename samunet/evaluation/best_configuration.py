@@ -194,7 +194,8 @@ def find_best_configuration(dataset, trainers, plans=None, folds=None, allow_ens
     "commands": [...]}`` and writes cv_summary.json, postprocessing.json, best_configuration.json and
     inference_instructions.txt."""
     from samunet.dataset_conversion.dataset_json import load_dataset_json
-    from samunet.inference.postprocessing import PLAN_FILE, dataset_labels_and_ending, determine_postprocessing
+    from samunet.inference.postprocessing import (PLAN_FILE, dataset_ignore_label, dataset_labels_and_ending,
+                                                  determine_postprocessing)
     from samunet.inference.predictor import model_folder
     from samunet.paths import raw_root, results_root
     from samunet.utilities.dataset_name import resolve_dataset
@@ -249,7 +250,7 @@ def find_best_configuration(dataset, trainers, plans=None, folds=None, allow_ens
         _, labels, fe = dataset_labels_and_ending(name)
         for c in candidates:
             plan = determine_postprocessing([c["folder"] / f"fold_{f}" / "validation" for f in common], ref, labels, fe,
-                                            num_processes=num_processes)
+                                            num_processes=num_processes, ignore_label=dataset_ignore_label(name))
             plan.update({"dataset": name, "folds": common, "configuration": c["name"]})
             save_json(plan, c["folder"] / PLAN_FILE)
             c["postprocessing"] = plan

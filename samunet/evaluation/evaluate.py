@@ -16,6 +16,9 @@ dataset.json). Then:
 * A prediction without reference is listed in ``unmatched_predictions`` and not evaluated.
 * Prediction and reference must have the same shape and spacing; otherwise an
   :class:`EvaluationError` names both files.
+* dataset.json's ``ignore`` label (nnU-Net v2) is not evaluated, and voxels where the
+  reference holds it count for no label (nnU-Net's masking: TP/FP/FN only where the
+  reference is annotated); ``protocol.ignore_label`` records it.
 
 Aggregation: ``mean[label]`` is the nanmean over cases (cases where the label is absent
 from both masks give NaN and are excluded), ``foreground_mean`` the mean of these over
@@ -38,6 +41,7 @@ import numpy as np
 from samunet.dataset_conversion.dataset_json import (
     DatasetJsonError,
     foreground_labels,
+    ignore_label,
     load_dataset_json,
     validate_dataset_json,
 )
@@ -63,7 +67,7 @@ class EvaluationError(RuntimeError):
 
 def _evaluate_case(task: tuple) -> dict:
     """Worker (top level so that it pickles): read one pair and compute its metrics."""
-    case, ref_file, pred_file, file_ending, overwrite, labels, tolerance, rule = task
+    case, ref_file, pred_file, file_ending, overwrite, labels, tolerance, rule, ignore = task
     io = reader_writer_for(file_ending, overwrite)
     ref, ref_props = io.read_seg(ref_file)
     pred, pred_props = io.read_seg(pred_file)
@@ -80,7 +84,7 @@ def _evaluate_case(task: tuple) -> dict:
             f"spacing mismatch for case {case!r}: prediction {pred_file} has spacing {sp_pred} but reference "
             f"{ref_file} has {sp_ref} (array order z, y, x). Predictions must be written in the reference geometry."
         )
-    m = case_metrics(pred[0], ref[0], labels, sp_ref, tolerance, rule)
+    m = case_metrics(pred[0], ref[0], labels, sp_ref, tolerance, rule, ignore_label=ignore)
     return {"case": case, "metrics": {str(k): v for k, v in m.items()}, "spacing": sp_ref}
 
 
@@ -202,11 +206,15 @@ def evaluate_folder(
     reader_writer_for(fe, overwrite)  # fail early on an unknown ending
 
     names = {str(v): k for k, v in foreground_labels(dj).items()}
+    ignore = ignore_label(dj)  # its reference pixels are masked out of every metric, as in nnU-Net
     if labels is not None:
         labels = [int(v) for v in labels]
         bad = [v for v in labels if v == 0]
         if bad:
             raise EvaluationError("label 0 is background and is not evaluated; give foreground labels only.")
+        if ignore is not None and ignore in labels:
+            raise EvaluationError(f"label {ignore} is dataset.json's \"ignore\" label (unannotated pixels) and is "
+                                  "not evaluated; give foreground labels only.")
         names = {str(v): names.get(str(v), f"label_{v}") for v in labels}
     label_values = [int(k) for k in names]
     label_keys = list(names)
@@ -228,7 +236,8 @@ def evaluate_folder(
     cases = sorted(c for c in refs if c in preds)
 
     rule = None if nsd_only_if_dice_above is None else float(nsd_only_if_dice_above)
-    tasks = [(c, str(refs[c]), str(preds[c]), fe, overwrite, label_values, float(tolerance), rule) for c in cases]
+    tasks = [(c, str(refs[c]), str(preds[c]), fe, overwrite, label_values, float(tolerance), rule, ignore)
+             for c in cases]
     try:
         results = _run(tasks, int(num_processes))
     except ImageReadError as e:
@@ -260,6 +269,7 @@ def evaluate_folder(
             "tolerance": float(tolerance),
             "tolerance_unit": "mm in 3D (via the voxel spacing); in-plane spacing units (pixels for PNG) in 2D",
             "nsd_only_if_dice_above": rule,
+            "ignore_label": ignore,
             "description": METRIC_PROTOCOLS[DEFAULT_PROTOCOL]["description"],
             "missing_predictions": "listed; counted as Dice 0 / NSD 0 only in the *_with_missing_as_0 means",
         },

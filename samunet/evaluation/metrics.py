@@ -10,6 +10,10 @@ Conventions
   NSD are ``NaN`` by default, as in nnU-Net; aggregations use ``nanmean`` so such
   cases are excluded from the label's mean instead of counting as a perfect 1.
 * **Exactly one mask empty**: Dice 0 and NSD 0.
+* **Ignore label** (nnU-Net v2's ``ignore``, unannotated pixels): with ``ignore_label``
+  given, voxels whose *reference* holds it are set to background in both maps before any
+  metric, so TP/FP/FN count only where the reference is annotated (nnU-Net's masking) and
+  neither surface reaches into the unannotated region.
 
 The NSD is the one of DeepMind's ``surface-distance`` package (PyPI ``surface-distance``),
 used by the CVPR24 "MedSAM on Laptop" challenge and AutoMedSAM, and is computed by that
@@ -149,18 +153,23 @@ def case_metrics(
     spacing: Sequence[float] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     nsd_only_if_dice_above: float | None = None,
+    ignore_label: int | None = None,
 ) -> dict[int, dict]:
     """Protocol ``per_case_3d`` for one case (a 3D volume or a 2D image).
 
     ``pred_seg`` / ``ref_seg`` are label maps (``(Z, Y, X)``, ``(1, Z, Y, X)`` or ``(Y, X)``),
     ``spacing`` in the same (array) order. Returns ``{label: {"Dice", "NSD", "n_ref", "n_pred"}}``
     with ``n_*`` the voxel counts. ``nsd_only_if_dice_above`` (CVPR24 rule, e.g. 0.2): NSD is
-    set to 0 when Dice is not above it (NaN stays NaN).
+    set to 0 when Dice is not above it (NaN stays NaN). ``ignore_label``: voxels where the
+    reference holds it are left out of every metric (and of ``n_ref``/``n_pred``).
     """
     pred_seg = np.asarray(pred_seg)
     ref_seg = np.asarray(ref_seg)
     if pred_seg.shape != ref_seg.shape:
         raise ValueError(f"shapes differ: prediction {pred_seg.shape} vs reference {ref_seg.shape}")
+    if ignore_label is not None:
+        annotated = ref_seg != ignore_label
+        pred_seg, ref_seg = np.where(annotated, pred_seg, 0), np.where(annotated, ref_seg, 0)
     out: dict[int, dict] = {}
     for label in labels:
         p = pred_seg == label

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samunet.dataset_conversion.dataset_json import label_values, training_cases
+from samunet.dataset_conversion.dataset_json import all_label_values, training_cases
 from samunet.imageio import reader_writer_for
 from samunet.utilities.cropping import nonzero_bbox
 from samunet.utilities.progress import progress
@@ -92,7 +92,7 @@ def compute_fingerprint(raw_folder: str | Path, dataset_json: dict, num_processe
     for c in range(n_ch):
         samples = np.concatenate([r["_foreground_samples"][c] for r in results])
         channel_stats[str(c)] = _channel_stats(samples)
-    label_totals = {str(v): 0 for v in label_values(dataset_json)}
+    label_totals = {str(v): 0 for v in all_label_values(dataset_json)}
     for r in results:
         for v, n in r["label_voxels"].items():
             label_totals[v] = label_totals.get(v, 0) + n

@@ -48,8 +48,9 @@ from typing import Sequence
 
 from samunet.dataset_conversion.dataset_json import (
     DatasetJsonError,
+    all_label_values,
+    ignore_label,
     is_safe_case_id,
-    label_values,
     load_dataset_json,
 )
 # per-case reading and geometry checks live in case_integrity; re-exported here
@@ -346,7 +347,7 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
                     )
                 )
 
-    declared = set(label_values(dj))
+    declared = set(all_label_values(dj))  # the ignore label may appear in label maps
     for r in results:
         if r.label_values is None:
             continue
@@ -361,7 +362,8 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
                 )
             )
     read_labels = [r for r in results if r.label_values is not None]
-    if read_labels and all(r.label_values <= {0} for r in read_labels):
+    unannotated = {0, ignore_label(dj)}
+    if read_labels and all(r.label_values <= unannotated for r in read_labels):
         problems.append(
             Problem(
                 "labelsTr",

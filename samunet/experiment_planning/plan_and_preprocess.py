@@ -168,7 +168,8 @@ def format_summary(summary: dict) -> str:
         f"target spacing     {[round(s, 4) for s in p['target_spacing']]}  (slice axis first)",
         f"median shape       {[round(s) for s in p['median_shape_after_resampling']]} after resampling",
         "normalisation      " + "; ".join(f"{n['name']}: {n['scheme']}" for n in p["normalization"]),
-        f"labels             {p['foreground_labels']}",
+        f"labels             {p['foreground_labels']}"
+        + (f", ignore label {p['ignore_label']} (excluded from loss and metrics)" if p.get("ignore_label") is not None else ""),
         f"stage 1            {p['stage1']['backbone']}, patch {p['stage1']['patch_size']}, batch {p['stage1']['batch_size']}, "
         f"{p['stage1']['num_epochs']} epochs x {p['stage1']['num_iterations_per_epoch']} iterations",
         f"SAM                {p['sam']['model']} at {p['sam']['input_size']} px, cache {p['sam']['cache_dtype']}",

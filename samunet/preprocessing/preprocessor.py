@@ -66,10 +66,16 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, properties: dict
     new_yx = inplane_shape_after_resampling(data.shape[2:], spacing[1:], target[1:])
     data = resample_data_inplane(data, new_yx, order=plans.get("resampling_order_data", 3))
     if seg is not None:
-        seg = resample_seg_inplane(seg, new_yx, plans["label_values"])
+        seg = resample_seg_inplane(seg, new_yx, label_map_values(plans))
     props["shape_after_resampling"] = list(data.shape[1:])
     props["spacing_after_resampling"] = [spacing[0]] + list(target[1:])
     return data.astype(np.float32, copy=False), seg, props
+
+
+def label_map_values(plans: dict) -> list[int]:
+    """Values a preprocessed label map holds: the plan's classes and its ignore label, if any."""
+    ignore = plans.get("ignore_label")
+    return list(plans["label_values"]) + ([int(ignore)] if ignore is not None else [])
 
 
 def slices_with_labels(seg: np.ndarray, label_values: Sequence[int]) -> dict[str, list[int]]:

@@ -89,6 +89,11 @@ class BaseTrainer:
             raise FileNotFoundError(f"{plans_file} not found: run samunet_plan_and_preprocess -d {dataset} first.")
         self.plans = fill_plan_defaults(load_json(plans_file))
         self.dataset_json = load_json(self.preprocessed_folder / "dataset.json")
+        if "ignore" in (self.dataset_json.get("labels") or {}) and self.plans.get("ignore_label") is None:
+            raise ValueError(
+                f"{plans_file} was planned by an older samunet that trains dataset.json's \"ignore\" label as a "
+                f"class; re-plan (samunet_plan_and_preprocess -d {dataset}, without --keep_plans) so that it is "
+                "recorded as ignore_label and left out of loss and metrics")
         self.split = load_fold(self.preprocessed_folder, self.fold)
         self.data_folder = self.preprocessed_folder / data_identifier(self.plans)
         self.device = torch.device(device) if device is not None else default_device()
@@ -106,12 +111,18 @@ class BaseTrainer:
         self.output_folder = trainer_output_folder(self.dataset_name, type(self).__name__, plans_name, self.fold)
         self.label_values = list(self.plans["label_values"])
         self.foreground_labels = [v for v in self.label_values if v != 0]
+        self.ignore_label = self.plans.get("ignore_label")  # unannotated pixels: no loss, no metric
         self.network: nn.Module | None = None
         self.current_epoch = 0
         self.best_ema = -1.0
         self.ema_dice: float | None = None
         self.progress = ProgressLogger()
         self.rank, self.world_size = dist_utils.rank_and_world_size()
+
+    def ignored_pixels(self, seg):
+        """Boolean mask of the pixels of label map ``seg`` (numpy or torch) that carry the
+        ignore label, or None when the dataset has none."""
+        return None if self.ignore_label is None else seg == self.ignore_label
 
     # ---- what subclasses override -------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -155,6 +166,7 @@ class BaseTrainer:
         self.seed = int(ckpt.get("seed", 12345))
         self.label_values = list(self.plans["label_values"])
         self.foreground_labels = [v for v in self.label_values if v != 0]
+        self.ignore_label = self.plans.get("ignore_label")  # unannotated pixels: no loss, no metric
         self.batch_size = int(self.plans[cls.plans_section]["batch_size"])
         self.rank, self.world_size = 0, 1
         self.options = json.loads(ckpt.get("options", "{}"))
@@ -323,6 +335,9 @@ class BaseTrainer:
         else:
             pred = logits.argmax(1)
         t = target[:, 0]
+        ignored = self.ignored_pixels(t)
+        if ignored is not None:  # unannotated pixels are neither right nor wrong
+            pred = torch.where(ignored, torch.full_like(pred, -1), pred)
         tp, fp, fn = [], [], []
         for v in range(1, len(self.label_values)):
             tp.append(int(((pred == v) & (t == v)).sum()))

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from samunet.training.losses import masked_mean, split_ignored
+
 TERMS = ("mse_sparse", "mse_dense", "bce", "dice", "shape")
 
 
@@ -71,7 +73,8 @@ class UncertaintyWeightedLoss(nn.Module):
 
     - ``sparse``/``sparse_target`` ``(B, 2, 256)``; ``dense``/``dense_target`` ``(B, 256, 64, 64)``
       (targets may broadcast, e.g. ``(1, 256, 64, 64)``);
-    - ``logits``/``target`` ``(B, 1, 256, 256)``, target in {0, 1};
+    - ``logits``/``target`` ``(B, 1, 256, 256)``, target in {0, 1}, or
+      :data:`~samunet.training.losses.IGNORE_TARGET` for unannotated pixels (no contribution);
     - ``dist`` ``(B, 1, 256, 256)``: D(M) of the target (:func:`distance_map`); computed from
       ``target`` when None (with ``unnormalised`` honoured).
 
@@ -88,17 +91,21 @@ class UncertaintyWeightedLoss(nn.Module):
 
     def terms(self, sparse, dense, sparse_target, dense_target, logits, target, dist=None) -> torch.Tensor:
         """The five unweighted terms ``(5,)`` in the order of ``TERMS``."""
-        target = target.to(logits.dtype)
+        target, valid = split_ignored(target.to(logits.dtype))  # IGNORE_TARGET pixels count for nothing
         if dist is None:
             dist = torch.from_numpy(distance_map(target.detach().cpu().numpy() > 0.5,
                                                  normalise=not self.unnormalised)).to(logits)
         prob = torch.sigmoid(logits)
+        bce = masked_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), valid)
+        dist = dist.to(logits)
+        if valid is not None:
+            prob, dist = prob * valid, dist * valid
         return torch.stack([
             F.mse_loss(sparse, sparse_target.expand_as(sparse)),
             F.mse_loss(dense, dense_target.expand_as(dense)),
-            F.binary_cross_entropy_with_logits(logits, target),
+            bce,
             squared_dice_loss(prob, target, self.eps),
-            shape_distance_loss(prob, dist.to(logits), self.eps),
+            shape_distance_loss(prob, dist, self.eps),
         ])
 
     def combine(self, terms: torch.Tensor) -> torch.Tensor:

@@ -263,3 +263,23 @@ def test_csv_written_beside_summary_and_one_pixel_objects(tmp_path):
     rows = list(csv.DictReader(open(pred / "summary.csv")))
     assert rows[0]["case"] == "c1" and float(rows[0]["Dice"]) == 1.0
     assert rows[-1]["case"] == "c2" and rows[-1]["status"] == "missing prediction"
+
+
+def test_ignore_label_is_not_evaluated_and_masks_the_reference(tmp_path):
+    """dataset.json with nnU-Net v2's ignore label: no metric for it, its pixels count for nothing."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[1:5, 2:9, 3:10] = 1
+    ref[:, 5:7, :] = 2  # ignore band
+    pred = np.where(ref == 2, 0, ref).astype(np.uint8)
+    pred[:, 5:7, 0:12] = 1  # only the ignored pixels differ from the reference
+    write_nii(ref, ref_dir / "c1.nii.gz")
+    write_nii(pred, pred_dir / "c1.nii.gz")
+    dj = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "A": 1, "ignore": 2}, "numTraining": 1,
+          "file_ending": ".nii.gz"}
+    s = evaluate_folder(ref_dir, pred_dir, dj)
+    assert s["labels"] == {"1": "A"} and list(s["mean"]) == ["1"]
+    assert s["protocol"]["ignore_label"] == 2
+    assert s["mean"]["1"]["Dice"] == 1.0 and s["mean"]["1"]["NSD"] == 1.0
+    with pytest.raises(EvaluationError, match="ignore"):
+        evaluate_folder(ref_dir, pred_dir, dj, labels=[2], output_file=tmp_path / "x.json")

@@ -246,3 +246,25 @@ def test_case_metrics_labels_counts_and_cvpr24_rule():
     assert r[1]["NSD"] == 1.0  # Dice 0.875 > 0.2: kept
     assert r[2]["NSD"] == 0.0  # Dice 0.105 <= 0.2: zeroed
     assert math.isnan(r[3]["NSD"])
+
+
+def test_case_metrics_mask_out_the_ignore_label():
+    """nnU-Net's evaluation: TP/FP/FN only where the reference is annotated (not ignore)."""
+    ref = np.zeros((1, 20, 24), np.int16)
+    ref[0][square(x=5)] = 1
+    ref[0, 10:13, :] = 9  # unannotated band across the object and the background
+    perfect = np.where(ref == 9, 0, ref)
+    noisy = perfect.copy()
+    noisy[0, 10:13, :] = 1  # differs from `perfect` only where the reference is ignore
+    noisy[0, 11, 3:7] = 0
+    base = case_metrics(perfect, ref, [1], (999.0, 1.0, 1.0), 2.0, ignore_label=9)
+    other = case_metrics(noisy, ref, [1], (999.0, 1.0, 1.0), 2.0, ignore_label=9)
+    assert base[1]["Dice"] == 1.0 and base[1]["NSD"] == 1.0
+    assert other == base
+    assert other[1]["n_ref"] == int(((ref == 1)).sum()) and other[1]["n_pred"] == other[1]["n_ref"]
+    # without the mask the band counts as false positives
+    assert case_metrics(noisy, ref, [1], (999.0, 1.0, 1.0), 2.0)[1]["Dice"] < 0.9
+    # an error outside the ignore band is still seen
+    worse = noisy.copy()
+    worse[0, 0:2, 0:2] = 1
+    assert case_metrics(worse, ref, [1], (999.0, 1.0, 1.0), 2.0, ignore_label=9)[1]["Dice"] < 1.0

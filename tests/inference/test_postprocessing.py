@@ -177,3 +177,21 @@ def test_no_validation_folders_is_explained(samunet_roots):
                                                   "labels": {"background": 0, "obj": 1}, "file_ending": ".nii.gz"}))
     with pytest.raises(SystemExit, match=r"no cross-validation fold .*samunet_train"):
         determine_main(["-d", "778", "-tr", TRAINER])
+
+
+def test_false_positives_on_ignored_voxels_do_not_choose_postprocessing(tmp_path):
+    """A second component lying where the reference is dataset.json's ignore label is no error:
+    removing it gains nothing, so nothing is chosen (without the ignore label it would be)."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    for i in range(2):
+        ref = square(4, 4, 10)
+        ref[:, 16:23, 16:23] = 9  # unannotated
+        pred = square(4, 4, 10)
+        pred[:, 18:21, 18:21] = 1  # an object nobody annotated, predicted there
+        write_nii(ref, ref_dir / f"c{i}.nii.gz")
+        write_nii(pred, pred_dir / f"c{i}.nii.gz")
+    plain = determine_postprocessing([pred_dir], ref_dir, {1: "obj"}, ".nii.gz")
+    assert plain["operations"] == [{"label": 1, "operation": "keep_largest_component"}]
+    plan = determine_postprocessing([pred_dir], ref_dir, {1: "obj", 9: "ignore"}, ".nii.gz", ignore_label=9)
+    assert plan["operations"] == [] and list(plan["per_label"]) == ["1"]
+    assert plan["per_label"]["1"]["mean_dice"]["none"] == 1.0

@@ -65,6 +65,7 @@ from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
 from samunet.sam.embedding_lru import prediction_lru
 from samunet.sam.prompts import mask_box
 from samunet.sam.registry import weights_identity
+from samunet.training.losses import mark_ignored
 from samunet.training.progress_logger import ProgressLogger
 from samunet.training import distributed as dist_utils
 from samunet.experiment_planning import method_defaults
@@ -220,7 +221,12 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
             emb.append(np.asarray(self.cache.load(case)[z], dtype=np.float32))
             classes.append(label)
             boxes.append(self._box_s_frame(mask, scaled_hw, rng if jitter else None))
-            targets.append(mask_to_low_res(torch.from_numpy(mask)[None], scaled_hw, self.sam.input_size)[0])
+            low = mask_to_low_res(torch.from_numpy(mask)[None], scaled_hw, self.sam.input_size)[0]
+            ignored = self.ignored_pixels(seg)
+            if ignored is not None:
+                low = mark_ignored(low, mask_to_low_res(torch.from_numpy(ignored)[None], scaled_hw,
+                                                        self.sam.input_size)[0])
+            targets.append(low)
         target = torch.stack(targets)
         dist = torch.from_numpy(distance_map(target.numpy() > 0.5, normalise=not bool(self.setting("unnormalised"))))
         return {"embeddings": torch.from_numpy(np.stack(emb)), "classes": torch.tensor(classes, dtype=torch.float32),
@@ -286,7 +292,7 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         self.network.eval()
         self.sam.eval()
         loss, logits = self._loss(batch, train=False)
-        pred = (torch.sigmoid(logits) > self.theta2).cpu()
+        pred = (torch.sigmoid(logits) > self.theta2).cpu() & (batch["target"] >= 0)  # IGNORE_TARGET: not counted
         t = batch["target"] > 0.5
         fg = self.foreground_labels
         tp, fp, fn = np.zeros(len(fg), np.int64), np.zeros(len(fg), np.int64), np.zeros(len(fg), np.int64)

@@ -81,7 +81,7 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         return build_embedding_head(self.network_config())
 
     def build_loss(self):
-        return DiceCELoss()
+        return DiceCELoss(ignore_label=self.ignore_label)
 
     def configure_optimizers(self):
         cfg = self.plans["embedding_head"]
@@ -121,12 +121,13 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
             seg = np.asarray(self._seg(case))[0]
             for z in range(seg.shape[0]):
                 every.append((case, z))
-                if (seg[z] > 0).any():
+                if np.isin(seg[z], self.foreground_labels).any():
                     fg.append((case, z))
         return every, fg
 
     def target(self, case: str, z: int) -> np.ndarray:
-        """``(1, 256, 256)`` label indices in the decoder's low-resolution frame (padding = 0)."""
+        """``(1, 256, 256)`` label indices in the decoder's low-resolution frame (padding = 0;
+        unannotated pixels keep the ignore label's value, which the loss skips)."""
         key = (case, z)
         if key not in self._targets:
             seg = torch.from_numpy(np.asarray(self._seg(case))[0, z].astype(np.int64))
@@ -135,6 +136,9 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
             for i, label in enumerate(self.label_values[1:], start=1):
                 m = mask_to_low_res((seg == label)[None], scaled_hw, self.sam.input_size)[0]
                 t[m > 0.5] = i
+            ignored = self.ignored_pixels(seg)
+            if ignored is not None:
+                t[mask_to_low_res(ignored[None], scaled_hw, self.sam.input_size)[0] > 0.5] = self.ignore_label
             self._targets[key] = t.numpy()
         return self._targets[key]
 

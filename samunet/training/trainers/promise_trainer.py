@@ -58,6 +58,7 @@ from samunet.sam.embedding_cache import EmbeddingCache
 from samunet.sam.feature_cache import FeatureCache
 from samunet.sam.registry import weights_identity
 from samunet.training import distributed as dist_utils
+from samunet.training.losses import mark_ignored, masked_mean, split_ignored
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 
@@ -81,8 +82,11 @@ class ProMISeLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.legacy_double_sigmoid:
             logits = torch.sigmoid(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, target)
+        target, valid = split_ignored(target)  # IGNORE_TARGET pixels count for nothing
+        bce = masked_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), valid)
         p = torch.sigmoid(logits)
+        if valid is not None:
+            p = p * valid
         inter = (p * target).sum((2, 3))
         dice = (2 * inter + 1) / (p.sum((2, 3)) + target.sum((2, 3)) + 1)
         return bce + (1 - dice).mean()
@@ -197,7 +201,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
             seg = np.asarray(self._seg(case))
             for z in range(seg.shape[1]):
                 all_slices.append((case, z))
-                if (seg[0, z] > 0).any():
+                if np.isin(seg[0, z], self.foreground_labels).any():
                     fg.append((case, z))
         return {"all": all_slices, "fg": fg}
 
@@ -244,7 +248,11 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
             feats.append(f[0])
             seg = torch.from_numpy(np.asarray(self._seg(case)[0, z]))
             masks = torch.stack([seg == v for v in self.foreground_labels])
-            targets.append(mask_to_low_res(masks, scaled_hw, self.sam.input_size)[:, 0])
+            low = mask_to_low_res(masks, scaled_hw, self.sam.input_size)[:, 0]
+            ignored = self.ignored_pixels(seg)
+            if ignored is not None:  # the same unannotated pixels for every class
+                low = mark_ignored(low, mask_to_low_res(ignored[None], scaled_hw, self.sam.input_size)[0].expand_as(low))
+            targets.append(low)
         return {"embeddings": torch.stack(emb), "features": torch.stack(feats), "target": torch.stack(targets)}
 
     def next_train_batch(self) -> dict:
@@ -276,7 +284,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         logits = self._forward_batch(batch)
         target = batch["target"].to(self.device)
         loss = float(self.loss(logits, target))
-        pred = torch.sigmoid(logits) > self.theta2
+        pred = (torch.sigmoid(logits) > self.theta2) & (target >= 0)  # IGNORE_TARGET: neither right nor wrong
         t = target > 0.5
         dims = (0, 2, 3)
         tp = (pred & t).sum(dims).cpu().numpy()

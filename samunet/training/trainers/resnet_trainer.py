@@ -43,7 +43,7 @@ class ResNetTrainer(BaseTrainer):
         return build_stage1_network(c["backbone"], c["in_channels"], c["num_outputs"], c["base_width"])
 
     def build_loss(self) -> torch.nn.Module:
-        return DiceCELoss()
+        return DiceCELoss(ignore_label=self.ignore_label)
 
     def configure_optimizers(self):
         cfg = self.plans["stage1"]

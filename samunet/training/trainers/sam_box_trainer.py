@@ -37,7 +37,7 @@ from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_l
                                        slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
-from samunet.training.losses import DiceBCEWithLogits  # noqa: F401  (also importable from here, as before)
+from samunet.training.losses import DiceBCEWithLogits, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.training.trainers.validation_choice import ValidationChoiceMixin
 from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -183,6 +183,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         stage1 = cls.__new__(cls)
         stage1.device, stage1.plans, stage1.dataset_json = self.device, self.plans, self.dataset_json
         stage1.label_values, stage1.foreground_labels = self.label_values, self.foreground_labels
+        stage1.ignore_label = getattr(self, "ignore_label", None)
         stage1.batch_size = int(self.plans[cls.plans_section]["batch_size"])
         stage1.options = json.loads(checkpoint.get("stage1_options", "{}"))
         stage1.rank, stage1.world_size, stage1.seed = 0, 1, self.seed
@@ -351,7 +352,12 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
                 box = jitter_box(box, rng, int(hi), target.shape, min_shift=int(lo))
             boxes.append(self.sam.scale_boxes(torch.as_tensor(np.asarray(box)[None], dtype=torch.float32), target.shape)[0])
             info = self.cache.info(case)
-            targets.append(mask_to_low_res(torch.from_numpy(target)[None], info["scaled_hw"], self.sam.input_size)[0])
+            low = mask_to_low_res(torch.from_numpy(target)[None], info["scaled_hw"], self.sam.input_size)[0]
+            ignored = self.ignored_pixels(np.asarray(self._seg(case)[0, z]))
+            if ignored is not None:
+                low = mark_ignored(low, mask_to_low_res(torch.from_numpy(ignored)[None], info["scaled_hw"],
+                                                        self.sam.input_size)[0])
+            targets.append(low)
         return {"embeddings": torch.from_numpy(np.stack(emb)), "boxes": torch.stack(boxes), "target": torch.stack(targets)}
 
     def next_train_batch(self) -> dict:
@@ -392,7 +398,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         logits = self._forward(batch)
         target = batch["target"].to(self.device)
         loss = float(self.loss(logits, target))
-        pred = logits > 0
+        pred = (logits > 0) & (target >= 0)  # IGNORE_TARGET pixels are neither right nor wrong
         t = target > 0.5
         tp, fp, fn = int((pred & t).sum()), int((pred & ~t).sum()), int((~pred & t).sum())
         return loss, np.array([tp]), np.array([fp]), np.array([fn])

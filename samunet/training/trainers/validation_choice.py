@@ -41,6 +41,9 @@ class ValidationChoiceMixin:
                 else:
                     probs = self.predict_preprocessed(data, case=case, prompt="auto")
                 pred = probs.argmax(0)
+                ignored = self.ignored_pixels(seg[0])
+                if ignored is not None:  # unannotated pixels are neither right nor wrong
+                    pred = np.where(ignored, -1, pred)
                 for i, label in enumerate(self.foreground_labels, start=1):
                     d = _dice(pred == i, seg[0] == label)
                     if d is not None:
