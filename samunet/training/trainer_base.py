@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from samunet.experiment_planning.plan_and_preprocess import data_identifier, plans_file_name
+from samunet.experiment_planning.plans_io import data_identifier, plans_file_name
 from samunet.experiment_planning.method_defaults import fill_plan_defaults
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.experiment_planning.splits import load_fold
@@ -27,6 +27,7 @@ from samunet.training.augmentation import augment, training_transforms
 from samunet.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from samunet.training.data_loading import SliceDataset
 from samunet.training.progress_logger import ProgressLogger
+from samunet.training.losses import confusion_counts
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, remove_stale_temp_files
 from samunet.utilities.progress import progress
@@ -346,12 +347,9 @@ class BaseTrainer:
         ignored = self.ignored_pixels(t)
         if ignored is not None:  # unannotated pixels are neither right nor wrong
             pred = torch.where(ignored, torch.full_like(pred, -1), pred)
-        tp, fp, fn = [], [], []
-        for v in range(1, len(self.label_values)):
-            tp.append(int(((pred == v) & (t == v)).sum()))
-            fp.append(int(((pred == v) & (t != v)).sum()))
-            fn.append(int(((pred != v) & (t == v)).sum()))
-        return loss, np.array(tp), np.array(fp), np.array(fn)
+        counts = [confusion_counts(pred == v, t == v) for v in range(1, len(self.label_values))]
+        tp, fp, fn = (np.array(c) for c in zip(*counts))
+        return loss, tp, fp, fn
 
     def run_epoch(self) -> dict:
         t0 = time.perf_counter()

@@ -37,7 +37,7 @@ from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_l
                                        slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
-from samunet.training.losses import DiceBCEWithLogits, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
+from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.training.trainers.validation_choice import ValidationChoiceMixin
 from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -391,7 +391,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         loss = float(self.loss(logits, target))
         pred = (logits > 0) & (target >= 0)  # IGNORE_TARGET pixels are neither right nor wrong
         t = target > 0.5
-        tp, fp, fn = int((pred & t).sum()), int((pred & ~t).sum()), int((~pred & t).sum())
+        tp, fp, fn = confusion_counts(pred, t)
         return loss, np.array([tp]), np.array([fp]), np.array([fn])
 
     # ---- inference ----------------------------------------------------------------
