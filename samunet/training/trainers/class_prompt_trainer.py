@@ -57,14 +57,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from samunet.experiment_planning.plans_io import data_identifier
 from samunet.networks.class_prompt_encoder import ClassPromptEncoder
-from samunet.preprocessing.preprocessor import load_preprocessed_case
 from samunet.sam.box_prompting import mask_to_low_res
-from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
+from samunet.sam.embedding_cache import encode_volume
 from samunet.sam.embedding_lru import prediction_lru
 from samunet.sam.prompts import mask_box
-from samunet.sam.registry import weights_identity
 from samunet.training.losses import confusion_counts, mark_ignored
 from samunet.training.progress_logger import ProgressLogger
 from samunet.training import distributed as dist_utils
@@ -162,11 +159,6 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         self.cache = None
 
     # ---- data ---------------------------------------------------------------------
-    def make_cache(self) -> EmbeddingCache:
-        return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
-                              weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
-                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision)
-
     def collect_samples(self, cases: list[str]) -> list[tuple[str, int, tuple[int, ...]]]:
         """``(case, z, labels present)`` for every slice showing at least one foreground class."""
         min_px = int(self.setting("min_object_pixels"))
@@ -179,11 +171,6 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
                 if present:
                     out.append((case, z, present))
         return out
-
-    def _seg(self, case: str) -> np.ndarray:
-        if case not in self._segs:
-            self._segs[case] = load_preprocessed_case(self.data_folder, case)[1]
-        return self._segs[case]
 
     def make_datasets(self) -> None:
         self._segs = {}

@@ -156,17 +156,11 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
 
     # ---- caches and slices --------------------------------------------------------
     def make_caches(self) -> tuple[EmbeddingCache, FeatureCache]:
-        ident = weights_identity(self.sam_name, self.sam_checkpoint)
+        cache = self.make_cache()
         dtype = self.plans["sam"].get("cache_dtype", "float16")
-        args = (self.preprocessed_folder, data_identifier(self.plans), self.sam_name, ident, self.sam.input_size, dtype)
-        cache = EmbeddingCache(*args, precision=self.sam.encoder_precision)
-        return cache, FeatureCache(*args, taps=self.taps, embedding_cache=cache)
-
-    def _seg(self, case: str) -> np.ndarray:
-        if case not in self._segs:
-            f = self.data_folder / f"{case}.seg.npy"
-            self._segs[case] = np.load(f, mmap_mode="r") if f.is_file() else load_preprocessed_case(self.data_folder, case)[1]
-        return self._segs[case]
+        return cache, FeatureCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
+                                   weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size, dtype,
+                                   taps=self.taps, embedding_cache=cache)
 
     def _slice_index(self, cases: list[str]) -> dict:
         """All ``(case, z)`` of ``cases`` and those whose reference has foreground."""
