@@ -87,6 +87,48 @@ def test_appearance_views_are_cached_beside_the_embeddings(head_planned):
     assert plain.shape == shifted.shape and not np.allclose(plain, shifted, atol=1e-2)
 
 
+def test_context_blocks_and_heads_written_before_them():
+    """Default: dilated context blocks; a config without the key (older checkpoints) builds the
+    head without them, so its saved weights load unchanged."""
+    from samunet.experiment_planning.method_defaults import EMBEDDING_HEAD
+    from samunet.networks.embedding_head import build_embedding_head
+
+    assert EMBEDDING_HEAD["context_dilations"] == [2, 4]
+    new = build_embedding_head({"num_outputs": 1, "context_dilations": [2, 4]})
+    dil = [m.dilation for m in new.context.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert dil == [(2, 2), (4, 4)]
+    old = build_embedding_head({"num_outputs": 1})
+    assert old.context is None and not any(k.startswith("context") for k in old.state_dict())
+    old.load_state_dict(EmbeddingHead(1).state_dict())  # a head saved before context blocks existed
+
+
+def test_test_time_flip_averages_the_mirrored_reading(head_planned):
+    """With test_time_flip the probabilities are the mean of the head on the slice and, mirrored
+    back, on the mirrored slice (from the flip cache for the fold's test cases, from the encoder
+    for data without a case); without it, the plain reading."""
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer, flip_transform
+
+    t = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=2,
+                             num_views=0, test_time_flip=True)
+    t.run_training()
+    case = t.split["test"][0]
+    assert t.flip_cache is not None and t.flip_cache.is_valid(case)
+    assert not t.flip_cache.is_valid(t.split["train"][0])  # mirrored slices of the predicted cases only
+    data, _, _ = load_preprocessed_case(t.data_folder, case)
+    emb, hw = t.embeddings_of(data, case)
+    mirrored = np.asarray(t.flip_cache.load(case), np.float32)
+    plain = t.predict_embeddings(emb, hw, data.shape[2:])
+    back = t.predict_embeddings(mirrored, hw, data.shape[2:])[..., ::-1]
+    assert not np.allclose(plain, back, atol=1e-3)  # the mirrored view says something else
+    assert np.allclose(t.predict_preprocessed(data, case=case), (plain + back) / 2, atol=1e-5)
+    # no case: the mirrored slices come from the encoder, the same as the cached ones
+    assert np.allclose(t.predict_preprocessed(data), (plain + back) / 2, atol=2e-2)
+    assert np.allclose(t.mirrored_embeddings_of(data), mirrored, atol=5e-2)
+    assert np.array_equal(flip_transform(data)[..., ::-1], data)
+    t.options["test_time_flip"] = False
+    assert np.allclose(t.predict_preprocessed(data, case=case), plain, atol=1e-5)
+
+
 def test_out_of_fold_models_never_saw_their_case(head_planned):
     from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer
 

@@ -57,12 +57,18 @@ def view_transform(view: int, seed: int = 0):
     return transform
 
 
+def flip_transform(data: np.ndarray, case: str | None = None) -> np.ndarray:
+    """``(C, Z, Y, X)`` data mirrored left-right (the image before the encoder: flipping the embedding
+    grid is not the same, with SAM's bottom-right padding)."""
+    return np.ascontiguousarray(np.asarray(data)[..., ::-1])
+
+
 class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
     """A ~0.1 M-parameter conv head on the cached SAM image embedding (stage 1)."""
 
     plans_section = "embedding_head"
     settings_section = "embedding_head"
-    OPTIONS = frozenset({"num_views"})
+    OPTIONS = frozenset({"num_views", "test_time_flip"})
 
     # ---- configuration ------------------------------------------------------------
     @property
@@ -73,7 +79,14 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
     def network_config(self) -> dict:
         cfg = self.plans["embedding_head"]
         return {"num_outputs": num_outputs_for(self.label_values), "width": int(cfg.get("width", 64)),
-                "dropout": float(cfg.get("dropout", 0.1))}
+                "dropout": float(cfg.get("dropout", 0.1)), "context_dilations": list(cfg.get("context_dilations", []))}
+
+    @property
+    def test_time_flip(self) -> bool:
+        """Average with the head's reading of the mirrored slice (plan ``embedding_head.test_time_flip``;
+        trainer option ``test_time_flip``; plans written before it: off)."""
+        v = self.options.get("test_time_flip")
+        return bool(v if v is not None else self.plans["embedding_head"].get("test_time_flip", False))
 
     def build_network(self) -> torch.nn.Module:
         if getattr(self, "sam", None) is None:
@@ -88,7 +101,7 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         return build_adamw_poly(self.network.parameters(), cfg["initial_lr"], cfg["weight_decay"], self.num_epochs)
 
     def restore_inference_state(self, checkpoint: dict) -> None:
-        self.cache = None
+        self.cache = self.flip_cache = None
 
     # ---- data ---------------------------------------------------------------------
     def build_caches(self) -> None:
@@ -101,12 +114,26 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         seed = int(self.plans["embedding_head"].get("view_seed", 0))
         self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else ""),
                                            view_transform(v, seed)) for v in range(1, self.num_views + 1)]
+        self.build_flip_cache(self.split["val"] + self.split.get("test", []))
         for i, cache in enumerate(self.view_caches):
             if any(not cache.is_valid(c) for c in self.split["train"]):
                 logger.info("appearance view %d/%d of the training slices (encoded once, cached)", i + 1,
                             len(self.view_caches))
             cache.build(self.split["train"], self.sam, part=self.rank, num_parts=self.world_size)
         dist_utils.barrier()
+
+    def build_flip_cache(self, cases, make_cache=None) -> None:
+        """With test-time flipping: the mirrored slices of ``cases`` (the fold's validation and test
+        cases), encoded once and cached in ``embeddings/<backbone>/flip/``. ``make_cache``: the
+        cache factory of a chain that restored this head from a checkpoint (default: this trainer's)."""
+        self.flip_cache = None
+        if not self.test_time_flip:
+            return
+        self.flip_cache = (make_cache or self.make_cache)("flip", flip_transform)
+        if any(not self.flip_cache.is_valid(c) for c in cases):
+            logger.info("mirrored slices of %d validation/test cases for test-time flipping (encoded once, cached)",
+                        len(cases))
+        self.flip_cache.build(cases, self.sam, part=self.rank, num_parts=self.world_size)
 
     def make_datasets(self) -> None:
         self.build_caches()
@@ -169,6 +196,13 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
             return cache.load(case), tuple(cache.info(case)["scaled_hw"])
         return encode_volume(self.sam, data, lru=prediction_lru())
 
+    def mirrored_embeddings_of(self, data: np.ndarray, case: str | None = None) -> np.ndarray:
+        """``(Z, 256, 64, 64)`` embeddings of the horizontally mirrored slices (flip cache, else the encoder)."""
+        cache = getattr(self, "flip_cache", None)
+        if case is not None and cache is not None and cache.is_valid(case):
+            return cache.load(case)
+        return encode_volume(self.sam, flip_transform(data), lru=prediction_lru())[0]
+
     @torch.no_grad()
     def predict_embeddings(self, emb: np.ndarray, scaled_hw, slice_hw, network=None) -> np.ndarray:
         """``(Z, 256, 64, 64)`` embeddings -> ``(K, Z, Y, X)`` class probabilities (background first)."""
@@ -184,15 +218,20 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
 
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, network=None, **context) -> np.ndarray:
         """Class probabilities of ``network``, else the mean over this head and its
-        :attr:`ensemble_members` (extra heads, e.g. the chain's out-of-fold heads)."""
+        :attr:`ensemble_members` (extra heads, e.g. the chain's out-of-fold heads), and — with
+        :attr:`test_time_flip` — over the same heads on the mirrored slices, mirrored back."""
         emb, scaled_hw = self.embeddings_of(data, case)
-        if network is not None or not self.ensemble_members:
-            return self.predict_embeddings(emb, scaled_hw, data.shape[2:], network)
-        nets = [self.network, *self.ensemble_members]
-        out = self.predict_embeddings(emb, scaled_hw, data.shape[2:], nets[0])
-        for net in nets[1:]:
-            out += self.predict_embeddings(emb, scaled_hw, data.shape[2:], net)
-        return out / len(nets)
+        nets = [network] if network is not None else [self.network, *self.ensemble_members]
+        views = [(emb, False)]
+        if self.test_time_flip and network is None:
+            views.append((self.mirrored_embeddings_of(data, case), True))
+        out = None
+        for e, mirrored in views:
+            for net in nets:
+                p = self.predict_embeddings(e, scaled_hw, data.shape[2:], net)
+                p = p[..., ::-1] if mirrored else p
+                out = p if out is None else out + p
+        return np.ascontiguousarray(out / (len(nets) * len(views)))
 
     @property
     def ensemble_members(self) -> list:

@@ -302,6 +302,9 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         dist_utils.barrier()
         if isinstance(self.stage1, SAMTrainerMixin):  # one SAM and one cache for both stages
             self.stage1.sam, self.stage1.cache = self.sam, self.cache
+        if hasattr(self.stage1, "build_flip_cache"):  # stage 1's test-time flipping on validation/test cases
+            self.stage1.build_flip_cache(self.split["val"] + self.split.get("test", []), self.make_cache)
+            dist_utils.barrier()
         source = self.options.get("train_box_source") or self.plans["sam"].get("train_box_source", "stage1")
         self.oof_sources = {}
         oof = self.out_of_fold_stage1() if source != "gt" else {}
