@@ -102,6 +102,14 @@ def load_fold_models(folder: Path, trainer_name: str, folds, checkpoint_name: st
     return models
 
 
+def disable_test_time_flip(models) -> None:
+    """``--disable_tta``: turn off test-time flipping in every model, and in a chain's stage 1."""
+    for m in models:
+        for stage in (m, getattr(m, "stage1", None)):
+            if stage is not None and hasattr(type(stage), "test_time_flip"):
+                stage.options = {**stage.options, "test_time_flip": False}
+
+
 def input_case_bytes(files) -> int:
     """float32 bytes of a case's images, from the file headers (NIfTI) or 8x the file sizes."""
     total = 0
@@ -226,7 +234,7 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
                    num_processes: int = 1, device=None, continue_prediction: bool = False, prompt: str | None = None,
                    labels_folder=None, classes: list[str] | None = None, boxes_file=None,
                    encoder_backend: str | None = None, encoder_precision: str | None = None, part: int = 0,
-                   num_parts: int = 1) -> list[Path]:
+                   num_parts: int = 1, disable_tta: bool = False) -> list[Path]:
     """Predict every case of ``input_folder`` with the models of ``folds`` (default ``None``: every
     fold of the trainer that has ``checkpoint_name``). ``prompt`` (SAM trainers): ``auto``, ``gt_box``
     (needs ``labels_folder`` with ``CASE<ending>`` references), ``full_box`` or ``unfiltered_box``.
@@ -234,12 +242,15 @@ def predict_folder(input_folder, output_folder, dataset, trainer_name: str, fold
     ``encoder_backend``/``encoder_precision`` override what the models were trained with (SAM
     trainers). ``part``/``num_parts``: this process predicts only the cases ``i`` (in sorted
     order) with ``i % num_parts == part``, so that several processes or nodes share a folder;
-    each case is its own output file, so the parts need no merging."""
+    each case is its own output file, so the parts need no merging. ``disable_tta``: no test-time
+    flipping in a stage 1 that has it (one encoder pass per slice instead of two)."""
     shard([], part, num_parts)  # a bad --part fails before the models are loaded
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     folder = model_folder(dataset, trainer_name, plans_name)
     folds = resolve_folds(folder, trainer_name, folds, checkpoint_name)
     models = load_fold_models(folder, trainer_name, folds, checkpoint_name, device)
+    if disable_tta:
+        disable_test_time_flip(models)
     for m in models:
         if getattr(m, "sam", None) is not None and (encoder_backend or encoder_precision):
             backend, precision = m.encoder_settings
@@ -338,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this process's share of the cases: part i of --num_parts n (-part_id: nnU-Net's name)")
     p.add_argument("--num_parts", "-num_parts", dest="num_parts", type=int, default=1,
                    help="split the cases over n processes or nodes (case i, sorted, goes to part i %% n)")
+    p.add_argument("--disable_tta", action="store_true",
+                   help="no test-time flipping in stage 1 (EmbeddingHeadTrainer): half the encoder passes, a little "
+                        "less accurate")
     return p
 
 
@@ -349,7 +363,8 @@ def main(argv=None) -> None:
     try:
         predict_folder(args.i, args.o, args.d, args.tr, args.f, args.p, args.chk, args.save_probabilities,
                        args.npp, args.device, args.continue_prediction, args.prompt, args.labels, args.classes,
-                       args.boxes, args.encoder_backend, args.encoder_precision, args.part, args.num_parts)
+                       args.boxes, args.encoder_backend, args.encoder_precision, args.part, args.num_parts,
+                       args.disable_tta)
     except (PredictionError, ImageReadError, CheckpointError, FileNotFoundError, KeyError, ValueError,
             EncoderBackendError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -158,3 +158,22 @@ def test_validation_without_npz_removes_stale_probabilities(samunet_roots, tmp_p
     assert (val / "a.npz").exists() and written[-1][1] is True
     fv.predict_and_evaluate(T(), ["a"], val, "validation")
     assert not (val / "a.npz").exists() and written[-1][1] is False
+
+
+def test_disable_tta_turns_off_stage1_flipping_alone_and_in_a_chain():
+    from samunet.inference.predictor import build_parser, disable_test_time_flip
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer
+
+    def head(flip):
+        h = EmbeddingHeadTrainer.__new__(EmbeddingHeadTrainer)
+        h.plans, h.options = {"embedding_head": {"test_time_flip": flip}}, {}
+        return h
+
+    alone, inner = head(True), head(True)
+    chain = type("Chain", (), {})()
+    chain.stage1, chain.options = inner, {}
+    assert alone.test_time_flip and inner.test_time_flip
+    disable_test_time_flip([alone, chain])
+    assert not alone.test_time_flip and not inner.test_time_flip
+    assert chain.options == {}  # a model without flipping is left alone
+    assert build_parser().parse_args(["-i", "a", "-o", "b", "-d", "1", "--disable_tta"]).disable_tta
