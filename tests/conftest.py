@@ -10,6 +10,41 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--frozen-optimizers", action="store_true", default=False,
+                     help="make every torch.optim optimizer's step() do nothing: the tests marked "
+                          "'learns' must then fail (proof that they measure learning)")
+
+
+def _all_optimizer_classes():
+    import torch
+
+    todo, seen = [torch.optim.Optimizer], []
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo.extend(c for c in cls.__subclasses__() if c not in seen)
+    return seen
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _frozen_optimizers(request):
+    """With ``--frozen-optimizers``: no optimizer changes a parameter (step() returns at once)."""
+    if not request.config.getoption("--frozen-optimizers"):
+        yield
+        return
+
+    def step(self, closure=None):
+        return None if closure is None else closure()
+
+    mp = pytest.MonkeyPatch()
+    for cls in _all_optimizer_classes():
+        if "step" in vars(cls):
+            mp.setattr(cls, "step", step)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_network():
     """samunet must work offline: every test runs with non-local sockets blocked (tests/network_guard.py)."""
