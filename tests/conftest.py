@@ -64,6 +64,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def prostate_runmc6() -> Path:
+    """The six prostate volumes bundled with samunet (samunet/demo_data, the same files as
+    ``../shared/data/prostate_runmc6``): tests on them never skip."""
+    from samunet.demo_data import PROSTATE_RUNMC6
+
+    return PROSTATE_RUNMC6
+
+
+@pytest.fixture
 def samunet_roots(tmp_path, monkeypatch) -> dict[str, Path]:
     """Point the three samunet roots at fresh temporary folders."""
     roots = {}
@@ -73,6 +82,42 @@ def samunet_roots(tmp_path, monkeypatch) -> dict[str, Path]:
         monkeypatch.setenv(var, str(p))
         roots[sub] = p
     return roots
+
+
+def dice(pred, ref) -> float:
+    """Dice of two boolean arrays, NaN when both are empty (as samunet's metrics)."""
+    import numpy as np
+
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    total = int(pred.sum()) + int(ref.sum())
+    return float("nan") if total == 0 else 2.0 * float((pred & ref).sum()) / total
+
+
+def assert_summary_matches_files(summary: dict) -> dict[str, dict[str, float]]:
+    """Recompute every case's Dice of a summary.json from its prediction and reference files
+    and compare with the summary (per case and the foreground mean); returns
+    ``{case: {label key: Dice}}``. Catches a summary that is not the files' (e.g. empty
+    predictions reported as good)."""
+    import math
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    out = {}
+    for row in summary["metric_per_case"]:
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(row["prediction_file"]))
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(row["reference_file"]))
+        out[row["case"]] = {}
+        for key, metrics in row["metrics"].items():
+            d = dice(pred == int(key), ref == int(key))
+            assert (math.isnan(d) and math.isnan(metrics["Dice"])) or d == pytest.approx(metrics["Dice"], abs=1e-6), \
+                (row["case"], key, d, metrics["Dice"])
+            out[row["case"]][key] = d
+    keys = list(summary["metric_per_case"][0]["metrics"]) if out else []
+    per_label = [np.nanmean([out[c][k] for c in out]) for k in keys]
+    if per_label and not all(math.isnan(v) for v in per_label):
+        assert np.nanmean(per_label) == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-6)
+    return out
 
 
 def build_raw_from_pairs(raw_root: Path, name: str, images: list[Path], masks: list[Path], channel_name="T2",

@@ -146,6 +146,7 @@ def test_training_step_leaves_every_sam_weight_bit_identical(trainer):
 
 
 def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
+    from conftest import assert_summary_matches_files
     from samunet.run.train import train
     from samunet.preprocessing.preprocessor import load_preprocessed_case
 
@@ -153,8 +154,10 @@ def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
     folder = t.output_folder
     assert (folder / "checkpoint_final.pth").is_file()
     summary = json.loads((folder / "validation" / "summary.json").read_text())
-    assert "foreground_mean" in summary
-    assert (folder / "test" / "summary.json").is_file()  # the other domain's cases
+    assert_summary_matches_files(summary)  # the numbers are those of the written label maps
+    test_summary = json.loads((folder / "test" / "summary.json").read_text())  # the other domain's cases
+    assert {r["case"] for r in test_summary["metric_per_case"]} == set(t.split["test"])
+    assert_summary_matches_files(test_summary)
     prompts = json.loads((folder / "validation" / "prompts.json").read_text())  # drawn by the overlays
     assert set(prompts) == {r["case"] for r in summary["metric_per_case"]}
     entry = next(iter(prompts.values()))[0]
