@@ -118,6 +118,7 @@ def chain_planned(samunet_roots):
     return 655
 
 
+@pytest.mark.learns
 def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chain_planned):
     """EmbeddingHead stage 1 -> out-of-fold boxes -> decoder -> validation choice; on the other
     domain the automatic chain reaches a real Dice, and no training box came from a stage-1
