@@ -10,6 +10,41 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--frozen-optimizers", action="store_true", default=False,
+                     help="make every torch.optim optimizer's step() do nothing: the tests marked "
+                          "'learns' must then fail (proof that they measure learning)")
+
+
+def _all_optimizer_classes():
+    import torch
+
+    todo, seen = [torch.optim.Optimizer], []
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo.extend(c for c in cls.__subclasses__() if c not in seen)
+    return seen
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _frozen_optimizers(request):
+    """With ``--frozen-optimizers``: no optimizer changes a parameter (step() returns at once)."""
+    if not request.config.getoption("--frozen-optimizers"):
+        yield
+        return
+
+    def step(self, closure=None):
+        return None if closure is None else closure()
+
+    mp = pytest.MonkeyPatch()
+    for cls in _all_optimizer_classes():
+        if "step" in vars(cls):
+            mp.setattr(cls, "step", step)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_network():
     """samunet must work offline: every test runs with non-local sockets blocked (tests/network_guard.py)."""
@@ -29,6 +64,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def prostate_runmc6() -> Path:
+    """The six prostate volumes bundled with samunet (samunet/demo_data, the same files as
+    ``../shared/data/prostate_runmc6``): tests on them never skip."""
+    from samunet.demo_data import PROSTATE_RUNMC6
+
+    return PROSTATE_RUNMC6
+
+
+@pytest.fixture
 def samunet_roots(tmp_path, monkeypatch) -> dict[str, Path]:
     """Point the three samunet roots at fresh temporary folders."""
     roots = {}
@@ -38,6 +82,42 @@ def samunet_roots(tmp_path, monkeypatch) -> dict[str, Path]:
         monkeypatch.setenv(var, str(p))
         roots[sub] = p
     return roots
+
+
+def dice(pred, ref) -> float:
+    """Dice of two boolean arrays, NaN when both are empty (as samunet's metrics)."""
+    import numpy as np
+
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    total = int(pred.sum()) + int(ref.sum())
+    return float("nan") if total == 0 else 2.0 * float((pred & ref).sum()) / total
+
+
+def assert_summary_matches_files(summary: dict) -> dict[str, dict[str, float]]:
+    """Recompute every case's Dice of a summary.json from its prediction and reference files
+    and compare with the summary (per case and the foreground mean); returns
+    ``{case: {label key: Dice}}``. Catches a summary that is not the files' (e.g. empty
+    predictions reported as good)."""
+    import math
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    out = {}
+    for row in summary["metric_per_case"]:
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(row["prediction_file"]))
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(row["reference_file"]))
+        out[row["case"]] = {}
+        for key, metrics in row["metrics"].items():
+            d = dice(pred == int(key), ref == int(key))
+            assert (math.isnan(d) and math.isnan(metrics["Dice"])) or d == pytest.approx(metrics["Dice"], abs=1e-6), \
+                (row["case"], key, d, metrics["Dice"])
+            out[row["case"]][key] = d
+    keys = list(summary["metric_per_case"][0]["metrics"]) if out else []
+    per_label = [np.nanmean([out[c][k] for c in out]) for k in keys]
+    if per_label and not all(math.isnan(v) for v in per_label):
+        assert np.nanmean(per_label) == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-6)
+    return out
 
 
 def build_raw_from_pairs(raw_root: Path, name: str, images: list[Path], masks: list[Path], channel_name="T2",

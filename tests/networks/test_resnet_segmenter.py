@@ -23,3 +23,33 @@ def test_gradients_reach_first_layer():
     net(torch.rand(2, 1, 64, 64)).sum().backward()
     first = next(net.parameters())
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.learns
+def test_resnet18_fits_a_bright_square():
+    """Beyond shapes: the segmenter's output follows the image content. 40 Adam steps on
+    4 noisy 32² images with a bright square reach Dice > 0.9 on 4 new ones (untrained: ~0)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+
+    def images(n):
+        x = 0.3 * torch.randn(n, 1, 32, 32, generator=gen)
+        y = torch.zeros(n, 1, 32, 32)
+        for i in range(n):
+            r, c = torch.randint(4, 20, (2,), generator=gen).tolist()
+            y[i, 0, r:r + 9, c:c + 9] = 1
+        return x + y, y
+
+    net = build_stage1_network("resnet18", 1, 1, base_width=8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x, y = images(4)
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(net(x), y).backward()
+        opt.step()
+    net.eval()
+    x, y = images(4)
+    with torch.no_grad():
+        pred = net(x) > 0
+    dice = 2 * float((pred & (y > 0)).sum()) / float(pred.sum() + y.sum())
+    assert dice > 0.9

@@ -22,9 +22,10 @@ from torch import nn
 from samunet.sam import SAM_MODELS, SamCheckpointError, SamWrapper, build_sam, mask_box, weights_identity
 from samunet.sam.registry import lite_medsam_checkpoint_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CASE = SHARED_DATA / "prostate_runmc6" / "images" / "Case01.nii.gz"
-CASE_MASK = SHARED_DATA / "prostate_runmc6" / "masks" / "Case01_Segmentation.nii.gz"
+from samunet.demo_data import PROSTATE_RUNMC6
+
+CASE = PROSTATE_RUNMC6 / "images" / "Case01.nii.gz"  # bundled demo data: the real-slice checks never skip
+CASE_MASK = PROSTATE_RUNMC6 / "masks" / "Case01_Segmentation.nii.gz"
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -36,8 +37,6 @@ def lite() -> SamWrapper:
 @pytest.fixture(scope="module")
 def real_slice():
     """Middle slice of Case01 (320²), percentile-normalised to [0, 1], and its prostate mask."""
-    if not CASE.is_file():
-        pytest.skip(f"shared sample data not found at {CASE}")
     import SimpleITK as sitk
 
     img = sitk.GetArrayFromImage(sitk.ReadImage(str(CASE))).astype(np.float32)

@@ -188,7 +188,7 @@ def test_deterministic_inference_and_class_selection(trainer):
     # class probabilities, background first (not θ2 in channel 0): what --save_probabilities writes
     np.testing.assert_allclose(a.sum(0), 1.0, atol=1e-5)
     assert 0 <= a.min() and a.max() <= 1 and a[0].min() < a[0].max()
-    assert a[1].max() > 0 and a[2].max() > 0
+    assert np.abs(a[1] - a[2]).max() > 1e-3  # each label decoded from its own class prompt
     # without the cache (encodes the slices itself) the result is the same
     np.testing.assert_allclose(t.predict_preprocessed(data), a, atol=2e-3)
     only = t.predict_preprocessed(data, case=case, classes=["square"])
@@ -211,6 +211,7 @@ def test_deterministic_inference_and_class_selection(trainer):
 
 
 def test_train_end_to_end_writes_checkpoint_log_and_validation(planned, tmp_path):
+    from conftest import assert_summary_matches_files
     from samunet.inference.predictor import predict_folder
     from samunet.run.train import train
 
@@ -226,8 +227,8 @@ def test_train_end_to_end_writes_checkpoint_log_and_validation(planned, tmp_path
     assert rec["lr"] == pytest.approx(5e-4)  # plateau scheduler stepped on the train loss, no reduction yet
     assert t.scheduler.last_epoch == 1
     summary = json.loads((folder / "validation" / "summary.json").read_text())
-    assert "foreground_mean" in summary
-    assert (folder / "validation_oracle" / "summary.json").is_file()
+    assert_summary_matches_files(summary)  # the numbers are those of the written label maps
+    assert_summary_matches_files(json.loads((folder / "validation_oracle" / "summary.json").read_text()))
     # predictor from raw images with --classes by name: only that label can appear
     case = summary["metric_per_case"][0]["case"]
     inp = tmp_path / "in"
@@ -238,13 +239,14 @@ def test_train_end_to_end_writes_checkpoint_log_and_validation(planned, tmp_path
     out = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))
     ref = sitk.ReadImage(str(planned["raw_dataset"] / "labelsTr" / f"{case}.nii.gz"))
     assert out.GetSize() == ref.GetSize()
-    assert set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1}
     probs = np.load(tmp_path / "out" / f"{case}.npz")["probabilities"]
     assert probs.shape[0] == 3 and np.all(probs[2] == 0)
+    # the label map is the argmax of the probabilities written beside it (only label 1 can win)
+    assert (sitk.GetArrayFromImage(out) == np.argmax(probs, 0)).mean() > 0.999  # float16 file: near-ties
 
 
 @pytest.mark.slow
-def test_multiclass_prediction_on_prostate(shared_data, samunet_roots, tmp_path):
+def test_multiclass_prediction_on_prostate(prostate_runmc6, samunet_roots, tmp_path):
     """plan -> train 1 epoch × 2 iterations -> predict_folder with all classes -> a geometry-exact
     NIfTI label map holding labels ⊆ {0, 1, 2}, with a probability for both classes; --classes PZ
     restricts the output to label 1."""
@@ -254,7 +256,7 @@ def test_multiclass_prediction_on_prostate(shared_data, samunet_roots, tmp_path)
     from samunet.preprocessing.preprocessor import load_preprocessed_case
     from samunet.run.train import train
 
-    src = shared_data / "prostate_runmc6"
+    src = prostate_runmc6
     images = [src / "images" / f"Case0{i}.nii.gz" for i in (0, 1)]
     masks = [src / "masks" / f"Case0{i}_Segmentation.nii.gz" for i in (0, 1)]
     raw = build_raw_from_pairs(samunet_roots["raw"], "Dataset671_Prostate2", images, masks)
@@ -272,11 +274,33 @@ def test_multiclass_prediction_on_prostate(shared_data, samunet_roots, tmp_path)
     assert a.GetSize() == b.GetSize()
     for g in ("GetSpacing", "GetOrigin", "GetDirection"):
         assert getattr(a, g)() == pytest.approx(getattr(b, g)(), abs=1e-6)
-    assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1, 2}
     probs = np.load(tmp_path / "out" / f"{case}.npz")["probabilities"].astype(np.float32)
     assert probs.shape[0] == 3
-    assert probs[1].max() > 0 and probs[2].max() > 0  # both classes were prompted and decoded
+    assert (sitk.GetArrayFromImage(b) == np.argmax(probs, 0)).mean() > 0.999  # the map is the probabilities'
+    assert np.abs(probs[1] - probs[2]).max() > 1e-3  # both classes were prompted, each by its own prompt
     # --classes PZ: only label 1 is prompted
     data, _, _ = load_preprocessed_case(t.data_folder, case)
     pz = t.predict_preprocessed(data, case=case, classes=["PZ"])
     assert np.all(pz[2] == 0) and set(np.unique(np.argmax(pz, 0))) <= {0, 1}
+
+
+@pytest.mark.learns
+def test_class_prompt_trainer_learns_the_blob(trainer):
+    """20 steps (lr 2e-4, no training noise) on the cached synthetic slices: the blob's class prompt
+    alone segments the held-out case with Dice > 0.5 (measured 0.75; untrained 0.0). The corner
+    square (8 px, label 2) is not learnt this fast and is not asserted."""
+    from conftest import dice
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+    from samunet.training.trainers.class_prompt_trainer import ClassPromptTrainer
+
+    t = ClassPromptTrainer(DATASET_ID, 0, device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                           **{**SMALL, "initial_lr": 2e-4, "train_noise": False})
+    t.initialize()
+    t.make_datasets()  # the module's embedding cache: no encoding here
+    t._epoch_terms = []
+    for _ in range(20):
+        t.train_step(t.next_train_batch())
+    (case,) = t.split["val"]
+    data, seg, _ = load_preprocessed_case(t.data_folder, case)
+    pred = t.predict_preprocessed(data, case=case, classes=["blob"]).argmax(0)
+    assert dice(pred == 1, seg[0] == 1) > 0.5

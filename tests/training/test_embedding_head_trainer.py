@@ -39,6 +39,7 @@ def test_head_output_frame_and_parameter_count():
         head(torch.randn(1, 128, 64, 64))
 
 
+@pytest.mark.learns
 def test_embedding_head_learns_and_generalises_to_held_out_domain(head_planned):
     """A short run on a separable synthetic set: Dice > 0.9 on the other domain's slices
     (never seen in training). An untrained head does not get there."""

@@ -52,8 +52,8 @@ def _box_trainer(sam, seg) -> SAMBoxTrainer:
 
 
 @pytest.fixture
-def prostate_case(shared_data):
-    src = shared_data / "prostate_runmc6"
+def prostate_case(prostate_runmc6):
+    src = prostate_runmc6
     img = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "images" / "Case00.nii.gz"))).astype(np.float32)
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "masks" / "Case00_Segmentation.nii.gz")))
     fg = np.flatnonzero((seg == 1).any((1, 2)) & (seg == 2).any((1, 2)))

@@ -27,6 +27,7 @@ def _images(n: int, rng: np.random.Generator):
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+@pytest.mark.learns
 def test_loss_with_ignore_label_learns_and_evaluation_masks_it():
     """A short run of a small CNN with :class:`DiceCELoss` (ignore label) on synthetic images
     reaches Dice > 0.9 on the annotated pixels of new images (:func:`case_metrics` masking)."""
@@ -49,6 +50,7 @@ def test_loss_with_ignore_label_learns_and_evaluation_masks_it():
 
 
 @pytest.mark.slow
+@pytest.mark.learns
 def test_resnet_trainer_learns_with_an_ignore_label(samunet_roots):
     """The whole path: plan (label list without the ignore label), ResNetTrainer targets and
     loss, prediction (no ignore class), evaluation masked. ~25 s of CPU."""

@@ -146,6 +146,7 @@ def test_training_step_leaves_every_sam_weight_bit_identical(trainer):
 
 
 def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
+    from conftest import assert_summary_matches_files
     from samunet.run.train import train
     from samunet.preprocessing.preprocessor import load_preprocessed_case
 
@@ -153,8 +154,10 @@ def test_train_end_to_end_writes_checkpoint_and_validation(planned, tmp_path):
     folder = t.output_folder
     assert (folder / "checkpoint_final.pth").is_file()
     summary = json.loads((folder / "validation" / "summary.json").read_text())
-    assert "foreground_mean" in summary
-    assert (folder / "test" / "summary.json").is_file()  # the other domain's cases
+    assert_summary_matches_files(summary)  # the numbers are those of the written label maps
+    test_summary = json.loads((folder / "test" / "summary.json").read_text())  # the other domain's cases
+    assert {r["case"] for r in test_summary["metric_per_case"]} == set(t.split["test"])
+    assert_summary_matches_files(test_summary)
     prompts = json.loads((folder / "validation" / "prompts.json").read_text())  # drawn by the overlays
     assert set(prompts) == {r["case"] for r in summary["metric_per_case"]}
     entry = next(iter(prompts.values()))[0]
@@ -211,3 +214,25 @@ def test_promise_on_multisite_prostate_slices(shared_data, samunet_roots, tmp_pa
     src = np.asarray(Image.open(other))
     assert pred.shape[:2] == src.shape[:2]
     assert set(np.unique(pred)) <= {0, 1}
+
+
+@pytest.mark.learns
+def test_promise_trainer_learns_to_prompt_the_training_blobs(trainer):
+    """30 steps of the small APM (lr 1e-3 instead of the reference 1e-5) on the cached slices of
+    fold 0: its learned points make the frozen SAM segment the training cases' blobs, mean
+    Dice > 0.35 (measured 0.52; untrained 0.0). A fit, not generalisation: the held-out case
+    stays near 0 this early, and the run budget of a CPU test allows no more."""
+    from conftest import dice
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+    t = ProMISeTrainer(DATASET, 0, device="cpu", num_epochs=1, num_iterations_per_epoch=1, points=3, lr=1e-3,
+                       batch_size=2, **FAST)
+    t.initialize()
+    t.make_datasets()  # the module's caches: no encoding here
+    for _ in range(30):
+        t.train_step(t.next_train_batch())
+    dices = []
+    for case in t.split["train"]:
+        data, seg, _ = load_preprocessed_case(t.data_folder, case)
+        dices.append(dice(t.predict_preprocessed(data, case=case).argmax(0) == 1, seg[0] == 1))
+    assert np.mean(dices) > 0.35, dices

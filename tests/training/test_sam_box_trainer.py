@@ -49,13 +49,13 @@ def test_decoder_step_reduces_loss_and_encoders_stay_frozen(small_planned):
 
 
 @pytest.mark.slow
-def test_chain_on_real_prostate_gt_box_beats_full_box(shared_data, samunet_roots, tmp_path):
+def test_chain_on_real_prostate_gt_box_beats_full_box(prostate_runmc6, samunet_roots, tmp_path):
     """plan -> stage 1 -> SAM stage -> validation with auto / gt_box / full_box prompts ->
     geometry-exact NIfTI; the reference box (upper bound) beats the whole-slice box."""
     from conftest import build_raw_from_pairs
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
 
-    src = shared_data / "prostate_runmc6"
+    src = prostate_runmc6
     images = [src / "images" / f"Case0{i}.nii.gz" for i in (0, 1, 3)]
     masks = [src / "masks" / f"Case0{i}_Segmentation.nii.gz" for i in (0, 1, 3)]
     raw = build_raw_from_pairs(samunet_roots["raw"], "Dataset502_Prostate3", images, masks)
@@ -118,6 +118,7 @@ def chain_planned(samunet_roots):
     return 655
 
 
+@pytest.mark.learns
 def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chain_planned):
     """EmbeddingHead stage 1 -> out-of-fold boxes -> decoder -> validation choice; on the other
     domain the automatic chain reaches a real Dice, and no training box came from a stage-1
