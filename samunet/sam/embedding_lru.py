@@ -29,7 +29,8 @@ def encoder_identity(sam) -> tuple:
     if path is None:  # stand-ins without weights files (tests): this very object
         return ("object", id(sam))
     return (getattr(sam, "name", "?"), os.path.realpath(path), getattr(sam, "encoder_backend", "torch"),
-            getattr(sam, "encoder_precision", "fp32"), int(getattr(sam, "input_size", 0)))
+            getattr(sam, "encoder_precision", "fp32"), int(getattr(sam, "input_size", 0)),
+            getattr(sam, "input_channels", None), getattr(sam, "input_channel_mode", None))
 
 
 def slice_key(sam, slice_data: np.ndarray) -> tuple:

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from samunet.experiment_planning.plan_and_preprocess import data_identifier
+from samunet.experiment_planning.sam_input import sam_input_cache_key
 from samunet.networks.class_prompt_encoder import ClassPromptEncoder
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 from samunet.sam.box_prompting import mask_to_low_res
@@ -165,7 +166,8 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
     def make_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
                               weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
-                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision)
+                              self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision,
+                              sam_input=sam_input_cache_key(self.plans))
 
     def collect_samples(self, cases: list[str]) -> list[tuple[str, int, tuple[int, ...]]]:
         """``(case, z, labels present)`` for every slice showing at least one foreground class."""
