@@ -28,6 +28,19 @@ MAX_INPLANE_SIZE = 512
 STAGE1_PIXEL_BUDGET = 6 * 256 * 256
 ANISOTROPY_RATIO = 1.5
 
+# plans.json keys that record what the planner saw or why it decided; no later stage reads them,
+# so editing them changes nothing (every other key is a setting some stage reads; a test checks it)
+RECORD_KEYS = {
+    "plans_version": "format version of this file",
+    "dimension": "2d or 3d, as the data is",
+    "foreground_labels": "label names and values (label_values is the setting)",
+    "original_median_spacing_after_transpose": "the data's median spacing",
+    "original_median_shape_after_transpose": "the data's median shape after cropping",
+    "median_shape_after_resampling": "the median shape at target_spacing",
+    "foreground_fraction": "share of labelled voxels",
+    "decisions": "the reason for each decision",
+}
+
 NATURAL_CHANNEL_NAMES = {"r", "g", "b", "red", "green", "blue", "rgb", "rgb_to_0_1", "grey", "gray", "natural"}
 
 
