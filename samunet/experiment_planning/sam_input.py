@@ -78,6 +78,8 @@ def dropped_channels(plans: dict) -> list[int]:
 def dropped_channels_warning(plans: dict) -> str | None:
     """A sentence naming the dataset, the channels SAM does not see and the plan keys to edit; None
     when every channel is used."""
+    if "num_channels" not in plans:
+        return None
     dropped = dropped_channels(plans)
     if not dropped:
         return None

@@ -109,11 +109,14 @@ class SamWrapper(nn.Module):
         channels as RGB, else channel 0) and ``encoder_batch_size`` (default 4)."""
         from samunet.experiment_planning.sam_input import plan_sam_input
 
-        chosen = plan_sam_input(plans, where)
-        batch = int((plans.get("sam") or {}).get("encoder_batch_size", ENCODER_BATCH_SIZE))
+        section = plans.get("sam") or {}
+        batch = int(section.get("encoder_batch_size", ENCODER_BATCH_SIZE))
         if batch < 1:
             raise ValueError(f"{where}: sam.encoder_batch_size must be >= 1, got {batch}")
         self.encoder_batch_size = batch
+        if "input_channels" not in section and "input_channel_mode" not in section:
+            return self.configure_input(None)  # the old default, whatever the channel count
+        chosen = plan_sam_input(plans, where)
         return self.configure_input(chosen["channels"], chosen["mode"])
 
     def select_input_channels(self, x: torch.Tensor) -> torch.Tensor:

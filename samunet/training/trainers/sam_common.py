@@ -51,7 +51,10 @@ class SAMTrainerMixin:
         from samunet.sam.registry import build_sam
 
         sam = build_sam(self.sam_name, self.sam_checkpoint, self.device)
-        sam.configure_from_plan(self.plans, str(self.preprocessed_folder / plans_file_name(self.plans_name)))
+        folder = getattr(self, "preprocessed_folder", None)  # None: a trainer built from a checkpoint alone
+        where = (str(folder / plans_file_name(getattr(self, "plans_name", "samunetPlans"))) if folder is not None
+                 else "the plans stored in the checkpoint")
+        sam.configure_from_plan(self.plans, where)
         if (dropped := dropped_channels_warning(self.plans)) is not None:
             logger.warning("%s: %s", type(self).__name__, dropped)
         try:
