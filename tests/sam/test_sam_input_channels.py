@@ -212,3 +212,11 @@ def test_build_embedding_cache_feeds_the_plans_channels(samunet_roots, monkeypat
     expected, _ = encode_volume(tiny_sam(), data[1:2])  # channel 1 alone, replicated
     np.testing.assert_allclose(cached, expected, atol=2e-2)
     assert np.abs(cached - encode_volume(tiny_sam(), data[:1])[0]).max() > 1e-2
+
+
+def test_the_plan_summary_states_the_sam_input(synthetic_planned):
+    from samunet.experiment_planning.plan_and_preprocess import format_summary
+
+    _, summary = synthetic_planned
+    line = next(ln for ln in format_summary(summary).splitlines() if ln.startswith("SAM input"))
+    assert line.split(None, 2)[2] == "channel 0 (MRI) replicated"
