@@ -220,3 +220,15 @@ def test_the_plan_summary_states_the_sam_input(synthetic_planned):
     _, summary = synthetic_planned
     line = next(ln for ln in format_summary(summary).splitlines() if ln.startswith("SAM input"))
     assert line.split(None, 2)[2] == "channel 0 (MRI) replicated"
+
+
+def test_a_hand_edited_choice_is_checked_at_keep_plans(synthetic_planned, samunet_roots):
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.utilities.file_io import load_json, save_json
+
+    file = samunet_roots["preprocessed"] / "Dataset650_Synthetic" / "plans.json"
+    plans = load_json(file)
+    plans["sam"]["input_channels"] = [3]
+    save_json(plans, file)
+    with pytest.raises(ValueError, match=r"plans.json: sam.input_channels \[3\] names channel\(s\) \[3\]"):
+        plan_and_preprocess(650, num_processes=1, keep_plans=True)
