@@ -3,8 +3,8 @@
 Layout: ``SAMUNET_preprocessed/DatasetXXX/embeddings/<backbone>/``
 
 - ``meta.json``: backbone name, weights hash, input size, dtype (and the encoder precision
-  when it is not fp32, and the plan's SAM input channels when they are not the old default). If any of these differ from what is asked for, the folder's entries
-  are stale and are rebuilt.
+  when it is not fp32, and the plan's SAM input channels when they are not the old default).
+  If any of these differ from what is asked for, the folder's entries are stale and are rebuilt.
 - ``CASE.npy``: ``(Z, 256, 64, 64)`` float16, one embedding per slice, memory-mapped
   for training;
 - ``CASE.json``: the SHA-1 of the preprocessed ``CASE.npz`` it was computed from and the

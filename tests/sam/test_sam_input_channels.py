@@ -45,7 +45,8 @@ def plan(num_channels: int, channels=None, mode=None, **sam) -> dict:
     if mode is not None:
         section["input_channel_mode"] = mode
     return {"dataset_name": "Dataset042_Brain", "num_channels": num_channels, "sam": section,
-            "normalization": [{"channel": str(c), "name": n} for c, n in enumerate(["T1", "T1c", "T2", "FLAIR"][:num_channels])]}
+            "normalization": [{"channel": str(c), "name": n}
+                              for c, n in enumerate(["T1", "T1c", "T2", "FLAIR"][:num_channels])]}
 
 
 def two_channel_slices() -> torch.Tensor:
@@ -81,7 +82,8 @@ def test_old_plans_keep_the_old_behaviour():
     old, _ = tiny_sam().configure_from_plan(plan(2)).prepare_images(x)
     assert torch.equal(old, tiny_sam().prepare_images(x[:, :1])[0])
     rgb = torch.rand(1, 3, 16, 16)
-    assert torch.equal(tiny_sam().configure_from_plan(plan(3)).prepare_images(rgb)[0], tiny_sam().prepare_images(rgb)[0])
+    assert torch.equal(tiny_sam().configure_from_plan(plan(3)).prepare_images(rgb)[0],
+                       tiny_sam().prepare_images(rgb)[0])
     # an old multi-channel plan no longer drops channels silently
     warning = dropped_channels_warning(plan(4))
     assert "Dataset042_Brain" in warning and "[1, 2, 3]" in warning and "sam.input_channels" in warning
@@ -169,7 +171,8 @@ def test_plan_for_t1_t2_flair_is_not_false_colour_but_rgb_stays_rgb(caplog):
     assert plan_sam_input(mr) == {"channels": [0], "mode": "replicate"} and "Dataset043_Mr3" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="samunet.experiment_planning.sam_input"):
-        rgb = plan_experiment(_dataset_json(["R", "G", "B"]), _fingerprint(3, "NaturalImage2DIO", True), "Dataset044_Rgb")
+        rgb = plan_experiment(_dataset_json(["R", "G", "B"]), _fingerprint(3, "NaturalImage2DIO", True),
+                              "Dataset044_Rgb")
         grey = plan_experiment(_dataset_json(["MRI"]), _fingerprint(1), "Dataset045_Grey")
     assert plan_sam_input(rgb) == {"channels": [0, 1, 2], "mode": "rgb"} and dropped_channels_warning(rgb) is None
     assert plan_sam_input(grey) == {"channels": [0], "mode": "replicate"}

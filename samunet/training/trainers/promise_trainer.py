@@ -297,7 +297,8 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
-                             prompts_out: list | None = None, prompt: str | None = None, batch_slices: int | None = None,
+                             prompts_out: list | None = None, prompt: str | None = None,
+                             batch_slices: int | None = None,
                              **context) -> np.ndarray:
         """``(C, Z, Y, X)`` → ``(K, Z, Y, X)`` class probabilities, background first, summing to 1
         per voxel, from each label's sigmoid (:meth:`class_probabilities`), so the argmax is the
