@@ -1,6 +1,6 @@
 """Every console script and every flag of its ``--help`` is documented (issue 16).
 
-The console scripts are read from ``setup.cfg`` (``[options.entry_points] console_scripts``). For each one the
+The console scripts are read from ``pyproject.toml`` (``[project.scripts]``). For each one the
 argparse parser is obtained without running the command: ``ArgumentParser.parse_args`` / ``parse_known_args`` are
 patched to raise a sentinel carrying the parser, and the entry point is called with an empty argument list. For
 each action the primary option (the first ``--long`` option string, or the first option string when there is no
@@ -12,7 +12,7 @@ flag described only in passing elsewhere (e.g. ``--part`` in scaling_out.md) doe
 from __future__ import annotations
 
 import argparse
-import configparser
+import tomllib
 import importlib
 import re
 from pathlib import Path
@@ -29,16 +29,8 @@ class _Grab(Exception):
 
 
 def _console_scripts() -> dict[str, str]:
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO_ROOT / "setup.cfg")
-    scripts = {}
-    for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        name, target = (s.strip() for s in line.split("=", 1))
-        scripts[name] = target
-    return scripts
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        return dict(tomllib.load(f)["project"]["scripts"])
 
 
 def _parser_for(target: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
@@ -89,7 +81,7 @@ def _documented(token: str, text: str) -> bool:
 SCRIPTS = _console_scripts()
 
 
-def test_setup_cfg_lists_console_scripts():
+def test_pyproject_lists_console_scripts():
     assert len(SCRIPTS) >= 10, SCRIPTS
 
 

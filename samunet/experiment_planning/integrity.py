@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from samunet.experiment_planning.case_integrity import (
     rel_path as _rel,
     strip_path as _strip_path,
 )
+from samunet.experiment_planning.group_integrity import groups_across_domains, slices_without_groups
 from samunet.imageio import reader_writer_for
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,6 @@ logger = logging.getLogger(__name__)
 # files created by operating systems / file managers; never worth a complaint
 IGNORED_FILE_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 _MAX_LISTED = 10
-# "<patient>_<slice>" where the patient part ends in a digit: BIDMC_train_00_07 -> BIDMC_train_00
-_SLICE_NAME = re.compile(r"^(?P<patient>.*\d)[_\-.](?P<slice>\d+)$")
 
 __all__ = [
     "DatasetIntegrityError", "GEOMETRY_TOLERANCE", "IGNORED_FILE_NAMES", "IntegrityReport", "Problem",
@@ -310,7 +308,7 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
                     "names (image file name without _0000 and the ending) or remove them from groups",
                 )
             )
-        report.warnings.extend(_groups_across_domains(dj["groups"], dj.get("domains") or {}))
+        report.warnings.extend(groups_across_domains(dj["groups"], dj.get("domains") or {}))
 
     channel_names = tuple(str(dj["channel_names"][k]) for k in sorted(dj["channel_names"], key=int))
     tasks = [
@@ -373,7 +371,7 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
         )
 
     if dims and dims.most_common(1)[0][0] == 2 and "groups" not in dj:
-        w = _slices_without_groups(sorted(image_cases))
+        w = slices_without_groups(sorted(image_cases))
         if w:
             report.warnings.append(w)
 
@@ -384,45 +382,6 @@ def check_dataset_integrity(raw_folder: str | Path, num_processes: int = 1) -> I
     else:
         logger.warning("%d integrity problem(s) in %s", len(problems), root)
     return report
-
-
-def _groups_across_domains(groups: dict[str, str], domains: dict[str, str]) -> list[Problem]:
-    spread: dict[str, set[str]] = {}
-    for case, g in groups.items():
-        if case in domains:
-            spread.setdefault(g, set()).add(domains[case])
-    out = []
-    for g, doms in sorted(spread.items()):
-        if len(doms) > 1:
-            out.append(Problem(
-                "dataset.json",
-                f"group {g!r} has cases in domains {sorted(doms)}: a domain fold trains on one domain and tests on "
-                "the others, so it would test on cases of a group it trained on. If they are different patients, "
-                "give them different group names",
-            ))
-    return out
-
-
-def _slices_without_groups(cases: list[str]) -> Problem | None:
-    """A warning when most case names read ``<patient>_<slice>`` and some patient has several slices."""
-    by_patient: dict[str, list[str]] = {}
-    for c in cases:
-        m = _SLICE_NAME.match(c)
-        if m:
-            by_patient.setdefault(m.group("patient"), []).append(c)
-    matched = sum(len(v) for v in by_patient.values())
-    if not cases or matched < 0.5 * len(cases) or len(by_patient) >= matched:
-        return None
-    patient, (a, b, *_) = max(by_patient.items(), key=lambda kv: (len(kv[1]), kv[0]))
-    return Problem(
-        "dataset.json",
-        f"{matched} of {len(cases)} case names look like slices or frames of {len(by_patient)} patients/sequences "
-        f"(<patient>_<slice>: {a} and {b} share {patient!r}), and dataset.json has no groups, so the splits may "
-        "put slices of one patient in train and val (optimistic validation and checkpoint choice). If they are, "
-        f'add "groups": {{"{a}": "{patient}", "{b}": "{patient}", ...}} to dataset.json, or reconvert with '
-        "samunet_convert_2d_folder --group_pattern REGEX (e.g. '^(\\d+)_' for 00_07.png) or --groups CSV; then "
-        "rerun samunet_plan_and_preprocess with --new_splits",
-    )
 
 
 def format_error(report: IntegrityReport) -> str:

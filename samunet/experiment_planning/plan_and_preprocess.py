@@ -20,6 +20,7 @@ from samunet.experiment_planning.plans_io import data_identifier, plans_file_nam
 from samunet.experiment_planning.sam_input import describe_sam_input, dropped_channels_warning, plan_sam_input
 from samunet.experiment_planning.splits import SplitsMismatchError, make_or_check_splits
 from samunet.imageio import ImageReadError
+from samunet.utilities.sharding import shard  # noqa: F401  (re-exported)
 from samunet.paths import preprocessed_root, raw_root
 from samunet.preprocessing.preprocessor import case_is_done, run_case
 from samunet.utilities.dataset_name import resolve_dataset
@@ -50,14 +51,6 @@ def json_bytes(obj) -> bytes:
 
 def _run_case_star(args):
     return run_case(*args)
-
-
-def shard(items, part: int = 0, num_parts: int = 1) -> list:
-    """Items ``i`` (in sorted order) with ``i % num_parts == part``: a deterministic share for
-    one of ``num_parts`` processes or nodes."""
-    if num_parts < 1 or not 0 <= part < num_parts:
-        raise ValueError(f"--part {part} --num_parts {num_parts}: need num_parts >= 1 and 0 <= part < num_parts")
-    return [c for i, c in enumerate(sorted(items)) if i % num_parts == part]
 
 
 def preprocess_dataset(raw_folder: Path, out_folder: Path, plans: dict, dataset_json: dict, fingerprint: dict,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from samunet.dataset_conversion.dataset_json import channel_files, list_cases
-from samunet.experiment_planning.plan_and_preprocess import shard
+from samunet.utilities.sharding import shard
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.imageio import ImageReadError, reader_writer_for
 from samunet.inference.export import export_prediction, prediction_is_complete

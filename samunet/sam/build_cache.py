@@ -16,7 +16,8 @@ import sys
 
 import torch
 
-from samunet.experiment_planning.plan_and_preprocess import data_identifier, plans_file_name, shard
+from samunet.experiment_planning.plans_io import data_identifier, plans_file_name
+from samunet.utilities.sharding import shard
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.experiment_planning.sam_input import dropped_channels_warning, sam_input_cache_key
 from samunet.paths import preprocessed_root

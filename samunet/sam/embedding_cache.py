@@ -210,6 +210,20 @@ def encoder_batch_size(sam, batch_size: int | None = None) -> int:
     return int(batch_size or getattr(sam, "encoder_batch_size", None) or ENCODER_BATCH_SIZE)
 
 
+def prepared_batches(sam, data: np.ndarray, slices, batch_size: int | None = None):
+    """Yield ``(zs, images (B, 3, S, S), scaled_hw)``: the slices ``slices`` of ``(C, Z, Y, X)``
+    data, ``batch_size`` at a time (default :func:`encoder_batch_size`), prepared as SAM's
+    encoder input on its device."""
+    batch_size = encoder_batch_size(sam, batch_size)
+    device = next(sam.image_encoder.parameters()).device
+    slices = list(slices)
+    for start in range(0, len(slices), batch_size):
+        zs = slices[start:start + batch_size]
+        sl = torch.from_numpy(np.ascontiguousarray(data[:, zs].transpose(1, 0, 2, 3)))
+        images, scaled = sam.prepare_images(sl.to(device, torch.float32))
+        yield zs, images, scaled
+
+
 @torch.no_grad()
 def encode_volume(sam, data: np.ndarray, batch_size: int | None = None,
                   lru=None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -222,7 +236,6 @@ def encode_volume(sam, data: np.ndarray, batch_size: int | None = None,
     from samunet.sam.embedding_lru import slice_key
 
     batch_size = encoder_batch_size(sam, batch_size)
-    device = next(sam.image_encoder.parameters()).device
     z_count = data.shape[1]
     out: list = [None] * z_count
     scaled = None
@@ -234,10 +247,7 @@ def encode_volume(sam, data: np.ndarray, batch_size: int | None = None,
             if hit is not None:
                 out[z], scaled = hit
         todo = [z for z in range(z_count) if out[z] is None]
-    for start in range(0, len(todo), batch_size):
-        zs = todo[start:start + batch_size]
-        sl = torch.from_numpy(np.ascontiguousarray(data[:, zs].transpose(1, 0, 2, 3)))
-        images, scaled = sam.prepare_images(sl.to(device, torch.float32))
+    for zs, images, scaled in prepared_batches(sam, data, todo, batch_size):
         emb = sam.encode(images).float().cpu().numpy()
         for i, z in enumerate(zs):
             out[z] = emb[i]

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samunet.sam.embedding_cache import CaseLock, EmbeddingCache, encoder_batch_size, file_sha1
+from samunet.sam.embedding_cache import (CaseLock, EmbeddingCache, encoder_batch_size, file_sha1,
+                                         prepared_batches)
 from samunet.utilities.file_io import atomic_path, load_npz, save_json
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,8 @@ def encode_volume_with_features(sam, data: np.ndarray, batch_size: int | None = 
     from samunet.networks.promise import encode_with_features
 
     batch_size = encoder_batch_size(sam, batch_size)
-    device = next(sam.image_encoder.parameters()).device
     embs, feats, scaled = [], [], None
-    for start in range(0, data.shape[1], batch_size):
-        sl = torch.from_numpy(np.ascontiguousarray(data[:, start:start + batch_size].transpose(1, 0, 2, 3)))
-        images, scaled = sam.prepare_images(sl.to(device, torch.float32))
+    for _, images, scaled in prepared_batches(sam, data, range(data.shape[1]), batch_size):
         e, f = encode_with_features(sam, images)
         embs.append(e.float().cpu().numpy())
         feats.append(f.cpu().numpy().astype(dtype))

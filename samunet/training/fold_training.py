@@ -9,7 +9,6 @@ adds the final validation (prediction in the original geometry, Dice/NSD) and is
 
 from __future__ import annotations
 
-import logging
 
 import torch
 

@@ -109,15 +109,40 @@ def stage1_loss(name: str, ignore_label: int | None = None, where: str = "plans.
 
 
 class DiceBCEWithLogits(torch.nn.Module):
-    """Per-sample soft Dice + BCE on logits, 1:1 (MedSAM style). ``(B, 1, H, W)`` both;
-    target pixels equal to :data:`IGNORE_TARGET` count for nothing."""
+    """Soft Dice per (sample, channel) + BCE on logits, 1:1 (MedSAM style), on ``(B, K, H, W)``
+    logits and binary targets of the same shape; target pixels equal to :data:`IGNORE_TARGET`
+    count for nothing. ``legacy_double_sigmoid``: ProMISe's reference defect (the output is
+    passed through a sigmoid and then treated as logits again)."""
+
+    def __init__(self, smooth: float = 1e-5, legacy_double_sigmoid: bool = False):
+        super().__init__()
+        self.smooth, self.legacy_double_sigmoid = float(smooth), bool(legacy_double_sigmoid)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.legacy_double_sigmoid:
+            logits = torch.sigmoid(logits)
         target, valid = split_ignored(target)
         bce = masked_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), valid)
         p = torch.sigmoid(logits)
         if valid is not None:
             p = p * valid
-        inter = (p * target).sum((1, 2, 3))
-        dice = (2 * inter + 1e-5) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1e-5)
+        inter = (p * target).sum((2, 3))
+        dice = (2 * inter + self.smooth) / (p.sum((2, 3)) + target.sum((2, 3)) + self.smooth)
         return bce + (1 - dice).mean()
+
+
+class ProMISeLoss(DiceBCEWithLogits):
+    """ProMISe's BCE + Dice: Dice per (sample, class) as in the reference, ``2(I+1)/(P+G+1)``."""
+
+    def __init__(self, legacy_double_sigmoid: bool = False):
+        super().__init__(smooth=1.0, legacy_double_sigmoid=legacy_double_sigmoid)
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, dims=None) -> tuple:
+    """``(tp, fp, fn)`` of boolean ``pred`` against boolean ``target`` (summed over ``dims``, or
+    everything: ints), for pseudo-Dice during validation."""
+    pred, target = pred.bool(), target.bool()
+    counts = [(pred & target), (pred & ~target), (~pred & target)]
+    if dims is None:
+        return tuple(int(c.sum()) for c in counts)
+    return tuple(c.sum(dims).cpu().numpy() for c in counts)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from samunet.experiment_planning.plan_and_preprocess import data_identifier, plans_file_name
+from samunet.experiment_planning.plans_io import data_identifier, plans_file_name
 from samunet.experiment_planning import method_defaults
 from samunet.experiment_planning.method_defaults import fill_plan_defaults
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
@@ -28,6 +28,7 @@ from samunet.training.augmentation import augment, training_transforms
 from samunet.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from samunet.training.data_loading import SliceDataset
 from samunet.training.progress_logger import ProgressLogger
+from samunet.training.losses import confusion_counts
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, remove_stale_temp_files
 from samunet.utilities.progress import progress
@@ -160,22 +161,30 @@ class BaseTrainer:
     def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None) -> "BaseTrainer":
         """A trainer ready to predict, built from a checkpoint alone (no preprocessed data needed)."""
         ckpt = load_checkpoint(path, map_location="cpu")
+        return cls.for_inference(fill_plan_defaults(json.loads(ckpt["plans"])), json.loads(ckpt["dataset_json"]),
+                                 ckpt["network_weights"], json.loads(ckpt.get("options", "{}")), ckpt,
+                                 device=device, fold=ckpt["fold"], seed=int(ckpt.get("seed", 12345)))
+
+    @classmethod
+    def for_inference(cls, plans: dict, dataset_json: dict, weights: dict, options: dict, state: dict,
+                      device: torch.device | str | None = None, fold=None, seed: int = 12345) -> "BaseTrainer":
+        """A trainer ready to predict from its plan, dataset.json, network weights and options;
+        ``state`` (a checkpoint's entries) goes to :meth:`restore_inference_state`. Used by
+        :meth:`from_checkpoint` and by a chain restoring its stage-1 trainer."""
         self = cls.__new__(cls)
         self.device = torch.device(device) if device is not None else default_device()
-        self.plans = fill_plan_defaults(json.loads(ckpt["plans"]))
-        self.dataset_json = json.loads(ckpt["dataset_json"])
+        self.plans, self.dataset_json = plans, dataset_json
         self.dataset_name = self.plans["dataset_name"]
-        self.fold = ckpt["fold"]
-        self.seed = int(ckpt.get("seed", 12345))
+        self.fold, self.seed = fold, int(seed)
         self.label_values = list(self.plans["label_values"])
         self.foreground_labels = [v for v in self.label_values if v != 0]
         self.ignore_label = self.plans.get("ignore_label")  # unannotated pixels: no loss, no metric
         self.batch_size = int(self.plans[cls.plans_section]["batch_size"])
         self.rank, self.world_size = 0, 1
-        self.options = json.loads(ckpt.get("options", "{}"))
-        self.restore_inference_state(ckpt)
+        self.options = dict(options)
+        self.restore_inference_state(state)
         self.network = self.build_network().to(self.device)
-        self.network.load_state_dict(ckpt["network_weights"])
+        self.network.load_state_dict(weights)
         self.network.eval()
         return self
 
@@ -342,12 +351,9 @@ class BaseTrainer:
         ignored = self.ignored_pixels(t)
         if ignored is not None:  # unannotated pixels are neither right nor wrong
             pred = torch.where(ignored, torch.full_like(pred, -1), pred)
-        tp, fp, fn = [], [], []
-        for v in range(1, len(self.label_values)):
-            tp.append(int(((pred == v) & (t == v)).sum()))
-            fp.append(int(((pred == v) & (t != v)).sum()))
-            fn.append(int(((pred != v) & (t == v)).sum()))
-        return loss, np.array(tp), np.array(fp), np.array(fn)
+        counts = [confusion_counts(pred == v, t == v) for v in range(1, len(self.label_values))]
+        tp, fp, fn = (np.array(c) for c in zip(*counts))
+        return loss, tp, fp, fn
 
     def run_epoch(self) -> dict:
         t0 = time.perf_counter()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 
 def parse_options(pairs: list[str]) -> dict:

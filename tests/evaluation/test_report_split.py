@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import samunet.evaluation.report as report
@@ -30,8 +31,8 @@ def test_report_reexports_the_moved_names():
         for name in names:
             assert getattr(report, name) is getattr(mod, name), name
     assert callable(report.main) and callable(report.build_report)
-    cfg = (PACKAGE.parents[1] / "setup.cfg").read_text()
-    assert "samunet_report = samunet.evaluation.report:main" in cfg
+    with open(PACKAGE.parents[1] / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["samunet_report"] == "samunet.evaluation.report:main"
 
 
 def test_no_report_module_over_450_lines():

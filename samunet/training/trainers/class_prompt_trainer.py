@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from samunet.experiment_planning.plan_and_preprocess import data_identifier
+from samunet.experiment_planning.plans_io import data_identifier
 from samunet.experiment_planning.sam_input import sam_input_cache_key
 from samunet.networks.class_prompt_encoder import ClassPromptEncoder
 from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -66,7 +66,7 @@ from samunet.sam.embedding_cache import EmbeddingCache, encode_volume
 from samunet.sam.embedding_lru import prediction_lru
 from samunet.sam.prompts import mask_box
 from samunet.sam.registry import weights_identity
-from samunet.training.losses import mark_ignored
+from samunet.training.losses import confusion_counts, mark_ignored
 from samunet.training.progress_logger import ProgressLogger
 from samunet.training import distributed as dist_utils
 from samunet.experiment_planning import method_defaults
@@ -300,9 +300,8 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         tp, fp, fn = np.zeros(len(fg), np.int64), np.zeros(len(fg), np.int64), np.zeros(len(fg), np.int64)
         for i, c in enumerate(batch["classes"].tolist()):
             k = fg.index(int(c))
-            tp[k] += int((pred[i] & t[i]).sum())
-            fp[k] += int((pred[i] & ~t[i]).sum())
-            fn[k] += int((~pred[i] & t[i]).sum())
+            a, b, c = confusion_counts(pred[i], t[i])
+            tp[k], fp[k], fn[k] = tp[k] + a, fp[k] + b, fn[k] + c
         return float(loss), tp, fp, fn
 
     def run_epoch(self) -> dict:

@@ -46,10 +46,9 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from samunet.experiment_planning.plan_and_preprocess import data_identifier
+from samunet.experiment_planning.plans_io import data_identifier
 from samunet.experiment_planning.sam_input import sam_input_cache_key
 from samunet.networks.promise import AutoPromptingModule, PatternEmbedding, apm_feature_spec, encode_with_features
 from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -59,38 +58,13 @@ from samunet.sam.embedding_cache import EmbeddingCache
 from samunet.sam.feature_cache import FeatureCache
 from samunet.sam.registry import weights_identity
 from samunet.training import distributed as dist_utils
-from samunet.training.losses import mark_ignored, masked_mean, split_ignored
+from samunet.training.losses import ProMISeLoss, confusion_counts, mark_ignored  # noqa: F401  (ProMISeLoss: importable from here, as before)
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 
 logger = logging.getLogger(__name__)
 
 DEFAULTS = method_defaults.PROMISE
-
-
-class ProMISeLoss(nn.Module):
-    """BCE + Dice on logits ``(B, K, H, W)`` against binary targets of the same shape.
-
-    Dice per (sample, class) as in the reference, ``2(I+1)/(P+G+1)``, averaged; BCE averaged
-    over all pixels. ``legacy_double_sigmoid``: the reference's defect (the network output is
-    passed through a sigmoid and then treated as logits again).
-    """
-
-    def __init__(self, legacy_double_sigmoid: bool = False):
-        super().__init__()
-        self.legacy_double_sigmoid = bool(legacy_double_sigmoid)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.legacy_double_sigmoid:
-            logits = torch.sigmoid(logits)
-        target, valid = split_ignored(target)  # IGNORE_TARGET pixels count for nothing
-        bce = masked_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), valid)
-        p = torch.sigmoid(logits)
-        if valid is not None:
-            p = p * valid
-        inter = (p * target).sum((2, 3))
-        dice = (2 * inter + 1) / (p.sum((2, 3)) + target.sum((2, 3)) + 1)
-        return bce + (1 - dice).mean()
 
 
 class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
@@ -288,10 +262,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         loss = float(self.loss(logits, target))
         pred = (torch.sigmoid(logits) > self.theta2) & (target >= 0)  # IGNORE_TARGET: neither right nor wrong
         t = target > 0.5
-        dims = (0, 2, 3)
-        tp = (pred & t).sum(dims).cpu().numpy()
-        fp = (pred & ~t).sum(dims).cpu().numpy()
-        fn = (~pred & t).sum(dims).cpu().numpy()
+        tp, fp, fn = confusion_counts(pred, t, (0, 2, 3))
         return loss, tp, fp, fn
 
     # ---- inference ----------------------------------------------------------------

@@ -37,7 +37,7 @@ from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_l
                                        slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
-from samunet.training.losses import DiceBCEWithLogits, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
+from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.training.trainers.validation_choice import ValidationChoiceMixin
 from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -179,18 +179,9 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         from samunet.training.registry import find_trainer
 
         name = checkpoint.get("stage1_trainer", PAPER_STAGE1_TRAINER)
-        cls = find_trainer(name)
-        stage1 = cls.__new__(cls)
-        stage1.device, stage1.plans, stage1.dataset_json = self.device, self.plans, self.dataset_json
-        stage1.label_values, stage1.foreground_labels = self.label_values, self.foreground_labels
-        stage1.ignore_label = getattr(self, "ignore_label", None)
-        stage1.batch_size = int(self.plans[cls.plans_section]["batch_size"])
-        stage1.options = json.loads(checkpoint.get("stage1_options", "{}"))
-        stage1.rank, stage1.world_size, stage1.seed = 0, 1, self.seed
-        stage1.restore_inference_state(checkpoint)
-        stage1.network = stage1.build_network()
-        stage1.network.load_state_dict(checkpoint["stage1_weights"])
-        stage1.network.to(self.device).eval()
+        stage1 = find_trainer(name).for_inference(self.plans, self.dataset_json, checkpoint["stage1_weights"],
+                                                  json.loads(checkpoint.get("stage1_options", "{}")), checkpoint,
+                                                  device=self.device, fold=getattr(self, "fold", None), seed=self.seed)
         members = []
         for weights in checkpoint.get("stage1_ensemble_weights") or []:
             net = stage1.build_network()
@@ -400,7 +391,7 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         loss = float(self.loss(logits, target))
         pred = (logits > 0) & (target >= 0)  # IGNORE_TARGET pixels are neither right nor wrong
         t = target > 0.5
-        tp, fp, fn = int((pred & t).sum()), int((pred & ~t).sum()), int((~pred & t).sum())
+        tp, fp, fn = confusion_counts(pred, t)
         return loss, np.array([tp]), np.array([fp]), np.array([fn])
 
     # ---- inference ----------------------------------------------------------------

@@ -82,7 +82,7 @@ class SAMTrainerMixin:
 
     def make_cache(self, variant: str = "", transform=None):
         """The fold's embedding cache (``variant``/``transform``: an appearance-view cache beside it)."""
-        from samunet.experiment_planning.plan_and_preprocess import data_identifier
+        from samunet.experiment_planning.plans_io import data_identifier
         from samunet.experiment_planning.sam_input import sam_input_cache_key
         from samunet.sam.embedding_cache import EmbeddingCache
         from samunet.sam.registry import weights_identity
