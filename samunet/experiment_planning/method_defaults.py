@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import copy
 
+# numbers the training loop and the SAM stage used to hard-code; the planner writes them into
+# plans.json and plans written before they were there fall back to these same values
+GRAD_CLIP = 12.0  # max gradient norm of a stage-1 optimiser step (nnU-Net's value)
+NUM_VAL_ITERATIONS = 20  # validation batches per epoch of a plan section without the key
+ENCODER_BATCH_SIZE = 4  # slices per frozen image encoder call (cache building, prediction)
+STAGE1_LOSS = "dice_ce"
+
 # stage 1 on the cached SAM image embedding (EmbeddingHeadTrainer)
 EMBEDDING_HEAD = {
     "num_epochs": 30,
     "num_iterations_per_epoch": 50,
     "num_val_iterations_per_epoch": 5,
     "batch_size": 8,
+    "grad_clip": GRAD_CLIP,
     "initial_lr": 2e-3,
     "weight_decay": 1e-4,
     "width": 64,

@@ -17,6 +17,7 @@ from samunet.dataset_conversion.dataset_json import DatasetJsonError, case_group
 from samunet.experiment_planning.fingerprint import compute_fingerprint
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME, plan_experiment, preprocessing_hash
 from samunet.experiment_planning.plans_io import data_identifier, plans_file_name  # noqa: F401  (re-exported)
+from samunet.experiment_planning.sam_input import describe_sam_input, dropped_channels_warning, plan_sam_input
 from samunet.experiment_planning.splits import SplitsMismatchError, make_or_check_splits
 from samunet.imageio import ImageReadError
 from samunet.utilities.sharding import shard  # noqa: F401  (re-exported)
@@ -128,6 +129,9 @@ def plan_and_preprocess(dataset: str | int, num_processes: int | None = None, sk
     if keep_plans and plans_file.is_file():
         plans = load_json(plans_file)
         logger.info("keeping existing %s (--keep_plans)", plans_file)
+        plan_sam_input(plans, str(plans_file))  # a hand-edited channel choice is checked now, not at training
+        if (dropped := dropped_channels_warning(plans)) is not None:
+            logger.warning(dropped)
     else:
         plans = plan_experiment(dataset_json, fingerprint, name, plans_name)
         save_json(plans, plans_file)
@@ -165,7 +169,8 @@ def format_summary(summary: dict) -> str:
         + (f", ignore label {p['ignore_label']} (excluded from loss and metrics)" if p.get("ignore_label") is not None else ""),
         f"stage 1            {p['stage1']['backbone']}, patch {p['stage1']['patch_size']}, batch {p['stage1']['batch_size']}, "
         f"{p['stage1']['num_epochs']} epochs x {p['stage1']['num_iterations_per_epoch']} iterations",
-        f"SAM                {p['sam']['model']} at {p['sam']['input_size']} px, cache {p['sam']['cache_dtype']}",
+        f"SAM                {p['sam']['model']}, cache {p['sam']['cache_dtype']}",
+        f"SAM input          {describe_sam_input(p)}",
         f"prompting          theta1 {p['prompting']['theta1']}, theta2 {p['prompting']['theta2']}, box jitter {p['prompting']['box_jitter_px']} px",
         f"five-fold splits   {summary['splits']['folds']} folds in splits_final.json"
         + (f", {summary['splits']['groups']} groups kept whole" if summary["splits"].get("groups") else ", by case (no groups in dataset.json)"),

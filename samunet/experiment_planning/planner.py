@@ -14,6 +14,7 @@ import numpy as np
 
 from samunet.dataset_conversion.dataset_json import foreground_labels, ignore_label, label_values
 from samunet.experiment_planning import method_defaults
+from samunet.experiment_planning.sam_input import choose_sam_input
 
 PLANS_VERSION = 1
 DEFAULT_PLANS_NAME = "samunetPlans"
@@ -26,6 +27,19 @@ MAX_INPLANE_SIZE = 512
 # cores for a resnet18 U-Net, so the default schedule trains in well under an hour.
 STAGE1_PIXEL_BUDGET = 6 * 256 * 256
 ANISOTROPY_RATIO = 1.5
+
+# plans.json keys that record what the planner saw or why it decided; no later stage reads them,
+# so editing them changes nothing (every other key is a setting some stage reads; a test checks it)
+RECORD_KEYS = {
+    "plans_version": "format version of this file",
+    "dimension": "2d or 3d, as the data is",
+    "foreground_labels": "label names and values (label_values is the setting)",
+    "original_median_spacing_after_transpose": "the data's median spacing",
+    "original_median_shape_after_transpose": "the data's median shape after cropping",
+    "median_shape_after_resampling": "the median shape at target_spacing",
+    "foreground_fraction": "share of labelled voxels",
+    "decisions": "the reason for each decision",
+}
 
 NATURAL_CHANNEL_NAMES = {"r", "g", "b", "red", "green", "blue", "rgb", "rgb_to_0_1", "grey", "gray", "natural"}
 
@@ -107,8 +121,12 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         )
     median_shape_after = [float(shape_t[0])] + [float(e / t) for e, t in zip(extent, target[1:])]
 
-    anisotropic = (not is_2d) and sp_t[0] > ANISOTROPY_RATIO * max(sp_t[1:])
+    if (not is_2d) and sp_t[0] > ANISOTROPY_RATIO * max(sp_t[1:]):  # a record for the reader, no setting
+        decisions["transpose"] += (f"; anisotropic (slice spacing > {ANISOTROPY_RATIO} x in-plane): slices are "
+                                   "segmented in 2D and never resampled along the slice axis")
     normalization = choose_normalization(dataset_json, fingerprint)
+    sam_input, decisions["sam_input"] = choose_sam_input(
+        dataset_json, normalization, all(c["io"] == "NaturalImage2DIO" for c in cases.values()), dataset_name)
 
     patch = [_round_patch(median_shape_after[1]), _round_patch(median_shape_after[2])]
     batch = int(np.clip(STAGE1_PIXEL_BUDGET // (patch[0] * patch[1]), 2, 32))
@@ -123,13 +141,11 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
     decisions["stage1_backbone"] = (
         f"{len(cases)} cases: {stage1_backbone} (resnet50 / deeplabv3_resnet50 selectable by editing stage1.backbone)"
     )
-    io = next(iter(cases.values()))["io"]
     plans = {
         "plans_version": PLANS_VERSION,
         "plans_name": plans_name,
         "dataset_name": dataset_name,
         "dimension": "2d" if is_2d else "3d",
-        "image_reader_writer": dataset_json.get("overwrite_image_reader_writer") or io,
         "file_ending": dataset_json["file_ending"],
         "num_channels": len(dataset_json["channel_names"]),
         "label_values": label_values(dataset_json),
@@ -137,12 +153,10 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         # nnU-Net v2's "ignore" label: in the label maps, but no class; losses and metrics skip its pixels
         "ignore_label": ignore,
         "transpose_forward": tf,
-        "transpose_backward": [int(i) for i in np.argsort(tf)],
         "original_median_spacing_after_transpose": [float(s) for s in sp_t],
         "original_median_shape_after_transpose": [float(s) for s in shape_t],
         "target_spacing": target,
         "median_shape_after_resampling": median_shape_after,
-        "anisotropic": bool(anisotropic),
         "resampling_order_data": 3,
         "normalization": normalization,
         "foreground_fraction": float(num_fg_pixels / max(num_px, 1)),
@@ -157,15 +171,17 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "initial_lr": 1e-3,
             "weight_decay": 3e-5,
             "foreground_oversampling": 0.33,
-            "loss": "dice_ce",
+            "loss": method_defaults.STAGE1_LOSS,
+            "grad_clip": method_defaults.GRAD_CLIP,
         },
         "sam": {
             "model": "lite_medsam",
-            "input_size": 256,
-            "embedding_shape": [256, 64, 64],
+            **sam_input,
             "cache_dtype": "float16",
+            "encoder_batch_size": method_defaults.ENCODER_BATCH_SIZE,
             "num_epochs": 50,
             "num_iterations_per_epoch": 100,
+            "num_val_iterations_per_epoch": method_defaults.NUM_VAL_ITERATIONS,
             "batch_size": 8,
             # 1e-5 with the L2-SP pull keeps the decoder's reference-box Dice on an unseen centre
             # (polyp_dev: 0.929 vs the original's 0.937; SAMMed's 1e-4 fell to 0.871)
@@ -180,8 +196,6 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "box_jitter_px": [0, 9],
             "test_time_box_jitter": False,
             "mosaic": False,
-            "legacy_box_offset": False,
-            "slice_margin": 1,
             **method_defaults.MULTI_BOX,
         },
         "embedding_head": dict(method_defaults.EMBEDDING_HEAD),

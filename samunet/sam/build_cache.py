@@ -19,6 +19,7 @@ import torch
 from samunet.experiment_planning.plans_io import data_identifier, plans_file_name
 from samunet.utilities.sharding import shard
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
+from samunet.experiment_planning.sam_input import dropped_channels_warning, sam_input_cache_key
 from samunet.paths import preprocessed_root
 from samunet.sam.embedding_cache import EmbeddingCache
 from samunet.sam.encoder_backends import EncoderBackendError
@@ -47,16 +48,20 @@ def build_embedding_cache(dataset, sam_name: str | None = None, sam_checkpoint=N
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = sam_name or plans["sam"]["model"]
     sam = build_sam(name, sam_checkpoint, device).configure_encoder(encoder_backend, encoder_precision)
+    sam.configure_from_plan(plans, str(plans_file))  # input channels and encoder batch: what training uses
+    if (dropped := dropped_channels_warning(plans)) is not None:
+        logger.warning(dropped)
     args = (folder, ident, name, weights_identity(name, sam.checkpoint_path), sam.input_size,
             plans["sam"].get("cache_dtype", "float16"))
-    cache = EmbeddingCache(*args, precision=encoder_precision)
+    key = sam_input_cache_key(plans)
+    cache = EmbeddingCache(*args, precision=encoder_precision, sam_input=key)
     mine = shard(cases, part, num_parts)
     # build() shards again with the same rule; give it every case so that part i means the same cases
     if apm_features:
         from samunet.networks.promise import apm_feature_spec
         from samunet.sam.feature_cache import FeatureCache
 
-        fcache = FeatureCache(*args, taps=apm_feature_spec(sam)["names"], embedding_cache=cache)
+        fcache = FeatureCache(*args, taps=apm_feature_spec(sam)["names"], embedding_cache=cache, sam_input=key)
         fcache.build(cases, sam, part=part, num_parts=num_parts, progress=progress)
     encoded = cache.build(cases, sam, part=part, num_parts=num_parts, progress=progress)
     return {"cases": len(mine), "encoded": encoded, "folder": str(cache.folder)}

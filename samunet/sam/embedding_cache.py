@@ -3,8 +3,8 @@
 Layout: ``SAMUNET_preprocessed/DatasetXXX/embeddings/<backbone>/``
 
 - ``meta.json``: backbone name, weights hash, input size, dtype (and the encoder precision
-  when it is not fp32). If any of these differ from what is asked for, the folder's entries
-  are stale and are rebuilt.
+  when it is not fp32, and the plan's SAM input channels when they are not the old default).
+  If any of these differ from what is asked for, the folder's entries are stale and are rebuilt.
 - ``CASE.npy``: ``(Z, 256, 64, 64)`` float16, one embedding per slice, memory-mapped
   for training;
 - ``CASE.json``: the SHA-1 of the preprocessed ``CASE.npz`` it was computed from and the
@@ -91,7 +91,7 @@ class CaseLock:
 class EmbeddingCache:
     def __init__(self, preprocessed_dataset_folder: str | Path, data_identifier: str, backbone: str,
                  weights_identity: str, input_size: int, dtype: str = "float16", precision: str = "fp32",
-                 variant: str = "", transform=None):
+                 variant: str = "", transform=None, sam_input: dict | None = None):
         self.data_folder = Path(preprocessed_dataset_folder) / data_identifier
         self.precision = precision
         suffix = "" if precision == "fp32" else f"_{precision}"
@@ -106,6 +106,10 @@ class EmbeddingCache:
             self.meta["encoder_precision"] = precision
         if variant:
             self.meta["variant"] = variant
+        # the plan's choice of SAM input channels, when it differs from the old default
+        # (samunet.experiment_planning.sam_input.sam_input_cache_key): caches of other choices are stale
+        if sam_input is not None:
+            self.meta["sam_input"] = dict(sam_input)
         # transform(data (C, Z, Y, X), case) -> data: applied before encoding (appearance views)
         self.transform = transform
         self.dtype = np.dtype(dtype)
@@ -138,8 +142,11 @@ class EmbeddingCache:
         return info.get("source_sha1") == file_sha1(self.data_folder / f"{case}.npz")
 
     # ---- building -----------------------------------------------------------------
-    def build(self, cases, sam, batch_size: int = 4, part: int = 0, num_parts: int = 1, progress: bool = True) -> int:
-        """Encode every slice of ``cases`` not cached yet; returns how many cases were encoded."""
+    def build(self, cases, sam, batch_size: int | None = None, part: int = 0, num_parts: int = 1,
+              progress: bool = True) -> int:
+        """Encode every slice of ``cases`` not cached yet, ``batch_size`` slices per encoder call
+        (default: the SAM's ``encoder_batch_size``, the plan's); returns how many cases were encoded."""
+        batch_size = encoder_batch_size(sam, batch_size)
         encoder_precision = getattr(sam, "encoder_precision", "fp32")
         if encoder_precision != self.precision:
             raise ValueError(f"embedding cache {self.folder} holds {self.precision} embeddings but the SAM image "
@@ -195,9 +202,19 @@ class EmbeddingCache:
         return sum(p.stat().st_size for p in self.folder.glob("*.npy"))
 
 
-def prepared_batches(sam, data: np.ndarray, slices, batch_size: int = 4):
+def encoder_batch_size(sam, batch_size: int | None = None) -> int:
+    """``batch_size`` if given, else the SAM's ``encoder_batch_size`` (plans.json
+    ``sam.encoder_batch_size``, set by ``SamWrapper.configure_from_plan``), else 4."""
+    from samunet.experiment_planning.method_defaults import ENCODER_BATCH_SIZE
+
+    return int(batch_size or getattr(sam, "encoder_batch_size", None) or ENCODER_BATCH_SIZE)
+
+
+def prepared_batches(sam, data: np.ndarray, slices, batch_size: int | None = None):
     """Yield ``(zs, images (B, 3, S, S), scaled_hw)``: the slices ``slices`` of ``(C, Z, Y, X)``
-    data, ``batch_size`` at a time, prepared as SAM's encoder input on its device."""
+    data, ``batch_size`` at a time (default :func:`encoder_batch_size`), prepared as SAM's
+    encoder input on its device."""
+    batch_size = encoder_batch_size(sam, batch_size)
     device = next(sam.image_encoder.parameters()).device
     slices = list(slices)
     for start in range(0, len(slices), batch_size):
@@ -208,14 +225,17 @@ def prepared_batches(sam, data: np.ndarray, slices, batch_size: int = 4):
 
 
 @torch.no_grad()
-def encode_volume(sam, data: np.ndarray, batch_size: int = 4, lru=None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Encode every slice of ``(C, Z, Y, X)`` data once. Returns ``(Z, 256, 64, 64)`` float32 and
-    the slice's scaled size inside SAM's padded input.
+def encode_volume(sam, data: np.ndarray, batch_size: int | None = None,
+                  lru=None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encode every slice of ``(C, Z, Y, X)`` data once, ``batch_size`` slices per encoder call
+    (default :func:`encoder_batch_size`). Returns ``(Z, 256, 64, 64)`` float32 and the slice's
+    scaled size inside SAM's padded input.
 
     ``lru``: an :class:`~samunet.sam.embedding_lru.EmbeddingLRU`; slices found there are not
     encoded again, and new ones are added (prediction; cache building passes None)."""
     from samunet.sam.embedding_lru import slice_key
 
+    batch_size = encoder_batch_size(sam, batch_size)
     z_count = data.shape[1]
     out: list = [None] * z_count
     scaled = None

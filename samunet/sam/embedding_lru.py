@@ -3,7 +3,7 @@
 At prediction time the frozen encoder is the whole cost of the SAM stage, and the same
 preprocessed slice reaches it several times: once per fold model of an ensemble (every fold
 shares the frozen encoder), once per prompt mode or class request. Entries are keyed by
-what determines the embedding — the encoder (model, weights file, backend, precision) and
+what determines the embedding — the encoder (model, weights file, backend, precision, input channels) and
 the slice's bytes — so a hit is exact whatever case name, fold or trainer asks.
 
 The bound is in bytes (``SAMUNET_embedding_lru_mb``, default 256 MiB: one LiteMedSAM slice is
@@ -26,10 +26,12 @@ DEFAULT_LRU_MB = 256
 def encoder_identity(sam) -> tuple:
     """What makes two encoders give the same embedding for the same image."""
     path = getattr(sam, "checkpoint_path", None)
+    # which slice channels reach the encoder (the plan's sam.input_channels) changes the embedding
+    channels = (getattr(sam, "input_channels", None), getattr(sam, "input_channel_mode", None))
     if path is None:  # stand-ins without weights files (tests): this very object
-        return ("object", id(sam))
+        return ("object", id(sam), *channels)
     return (getattr(sam, "name", "?"), os.path.realpath(path), getattr(sam, "encoder_backend", "torch"),
-            getattr(sam, "encoder_precision", "fp32"), int(getattr(sam, "input_size", 0)))
+            getattr(sam, "encoder_precision", "fp32"), int(getattr(sam, "input_size", 0)), *channels)
 
 
 def slice_key(sam, slice_data: np.ndarray) -> tuple:

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samunet.sam.embedding_cache import CaseLock, EmbeddingCache, file_sha1, prepared_batches
+from samunet.sam.embedding_cache import (CaseLock, EmbeddingCache, encoder_batch_size, file_sha1,
+                                         prepared_batches)
 from samunet.utilities.file_io import atomic_path, load_npz, save_json
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class FeatureCache(EmbeddingCache):
 
     def __init__(self, preprocessed_dataset_folder: str | Path, data_identifier: str, backbone: str,
                  weights_identity: str, input_size: int, dtype: str = "float16", taps=(),
-                 embedding_cache: EmbeddingCache | None = None, precision: str | None = None):
+                 embedding_cache: EmbeddingCache | None = None, precision: str | None = None,
+                 sam_input: dict | None = None):
         # features come from the eager encoder (forward hooks), in the SAM's configured precision;
         # the companion embedding cache must hold embeddings of that same precision
         precision = precision or (embedding_cache.precision if embedding_cache is not None else "fp32")
@@ -58,11 +60,12 @@ class FeatureCache(EmbeddingCache):
             raise ValueError(f"feature cache ({precision}) and embedding cache {embedding_cache.folder} "
                              f"({embedding_cache.precision}) must have the same encoder precision")
         super().__init__(preprocessed_dataset_folder, data_identifier, f"{backbone}_apm", weights_identity,
-                         input_size, dtype, precision)
+                         input_size, dtype, precision, sam_input=sam_input)
         self.meta["taps"] = list(taps)
         self.embedding_cache = embedding_cache
 
-    def build(self, cases, sam, batch_size: int = 4, part: int = 0, num_parts: int = 1, progress: bool = True) -> int:
+    def build(self, cases, sam, batch_size: int | None = None, part: int = 0, num_parts: int = 1,
+              progress: bool = True) -> int:
         if self.embedding_cache is not None:
             self.embedding_cache._check_meta()  # before anything is written into its folder
         return super().build(cases, sam, batch_size, part, num_parts, progress)
@@ -95,11 +98,13 @@ class FeatureCache(EmbeddingCache):
 
 
 @torch.no_grad()
-def encode_volume_with_features(sam, data: np.ndarray, batch_size: int = 4, dtype=np.float16):
-    """Encode every slice of ``(C, Z, Y, X)`` data once. Returns ``embeddings (Z, 256, 64, 64)``
-    float32, ``features (Z, C_apm, 64, 64)`` in ``dtype`` and the scaled slice size."""
+def encode_volume_with_features(sam, data: np.ndarray, batch_size: int | None = None, dtype=np.float16):
+    """Encode every slice of ``(C, Z, Y, X)`` data once (``batch_size`` slices per call, default the
+    SAM's ``encoder_batch_size``). Returns ``embeddings (Z, 256, 64, 64)`` float32, ``features
+    (Z, C_apm, 64, 64)`` in ``dtype`` and the scaled slice size."""
     from samunet.networks.promise import encode_with_features
 
+    batch_size = encoder_batch_size(sam, batch_size)
     embs, feats, scaled = [], [], None
     for _, images, scaled in prepared_batches(sam, data, range(data.shape[1]), batch_size):
         e, f = encode_with_features(sam, images)

@@ -28,11 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samunet.experiment_planning.method_defaults import ENCODER_BATCH_SIZE
+
 # SAM's ImageNet pixel statistics (segment_anything/modeling/sam.py), in the [0, 255] range.
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 NORMALIZATIONS = ("minmax01", "sam")
+INPUT_CHANNEL_MODES = ("replicate", "rgb")
 
 
 def scaled_size(hw: Sequence[int], target: int) -> tuple[int, int]:
@@ -81,6 +84,51 @@ class SamWrapper(nn.Module):
         # PyTorch fp32 unless configure_encoder() says otherwise
         self.encoder_backend, self.encoder_precision = "torch", "fp32"
         self._frozen_encoder = None
+        # which slice channels become SAM's 3 input channels (the plan's sam.input_channels);
+        # None: the behaviour of plans without that key (3 channels as RGB, else channel 0)
+        self.input_channels: Optional[tuple[int, ...]] = None
+        self.input_channel_mode: Optional[str] = None
+        self.encoder_batch_size = ENCODER_BATCH_SIZE  # slices per encoder call (plans.json sam.encoder_batch_size)
+
+    def configure_input(self, channels: Optional[Sequence[int]], mode: Optional[str] = None) -> "SamWrapper":
+        """Feed slice channels ``channels`` to the encoder: one channel with ``mode="replicate"``
+        (copied to R, G, B) or three with ``mode="rgb"``; ``None`` restores the old default."""
+        if channels is None:
+            self.input_channels, self.input_channel_mode = None, None
+            return self
+        channels = tuple(int(c) for c in channels)
+        if mode not in INPUT_CHANNEL_MODES or len(channels) != (1 if mode == "replicate" else 3):
+            raise ValueError(f"SAM input: mode must be one of {INPUT_CHANNEL_MODES} with 1 (replicate) or 3 (rgb) "
+                             f"channels, got channels {list(channels)}, mode {mode!r}")
+        self.input_channels, self.input_channel_mode = channels, mode
+        return self
+
+    def configure_from_plan(self, plans: dict, where: str = "plans.json") -> "SamWrapper":
+        """What the plan's ``sam`` section says about feeding the encoder: :meth:`configure_input`
+        with ``input_channels``/``input_channel_mode`` (a plan without them: the old default, 3
+        channels as RGB, else channel 0) and ``encoder_batch_size`` (default 4)."""
+        from samunet.experiment_planning.sam_input import plan_sam_input
+
+        section = plans.get("sam") or {}
+        batch = int(section.get("encoder_batch_size", ENCODER_BATCH_SIZE))
+        if batch < 1:
+            raise ValueError(f"{where}: sam.encoder_batch_size must be >= 1, got {batch}")
+        self.encoder_batch_size = batch
+        if "input_channels" not in section and "input_channel_mode" not in section:
+            return self.configure_input(None)  # the old default, whatever the channel count
+        chosen = plan_sam_input(plans, where)
+        return self.configure_input(chosen["channels"], chosen["mode"])
+
+    def select_input_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` slices -> ``(B, 3, H, W)``: the configured channels (see
+        :meth:`configure_input`), or, unconfigured, ``C == 3`` as is and channel 0 otherwise."""
+        if self.input_channels is None:
+            return x if x.shape[1] == 3 else x[:, :1].expand(-1, 3, -1, -1)
+        if max(self.input_channels) >= x.shape[1]:
+            raise ValueError(f"SAM input channels {list(self.input_channels)} (plans.json sam.input_channels) do not "
+                             f"exist in slices with {x.shape[1]} channel(s)")
+        x = x[:, list(self.input_channels)]
+        return x.expand(-1, 3, -1, -1) if self.input_channel_mode == "replicate" else x
 
     # ------------------------------------------------------------------ state
     @property
@@ -126,11 +174,11 @@ class SamWrapper(nn.Module):
             content before padding (top-left corner of the S frame).
 
         Steps:
-            1. Channels: ``C == 3`` is used as is; otherwise channel 0 is replicated to 3.
-               SAM's encoders were pretrained on RGB and only accept 3 channels; a grey MR/CT
-               slice is fed as a replicated grey image (MedSAM/LiteMedSAM convention), and an
-               arbitrary number of modalities has no meaningful mapping onto R, G, B, so the
-               first (primary) channel is used.
+            1. Channels (:meth:`select_input_channels`): the plan's ``sam.input_channels`` —
+               one channel replicated to 3 (a grey MR/CT slice, the MedSAM/LiteMedSAM
+               convention) or three used as R, G, B. SAM's encoders were pretrained on RGB and
+               only accept 3 channels. Unconfigured (plans without the key): ``C == 3`` as is,
+               otherwise channel 0 replicated.
             2. Resize so that the longest side is S (bilinear, ``antialias=True``, aspect kept).
             3. Per-image intensity normalisation over all channels of the valid region:
                ``minmax01`` → [0, 1]; ``sam`` → [0, 255] then ``(x - mean) / std``.
@@ -139,9 +187,7 @@ class SamWrapper(nn.Module):
         """
         if slices.ndim != 4:
             raise ValueError(f"slices must be (B, C, H, W), got shape {tuple(slices.shape)}")
-        x = slices.to(device=self.device, dtype=torch.float32)
-        if x.shape[1] != 3:
-            x = x[:, :1].expand(-1, 3, -1, -1)
+        x = self.select_input_channels(slices.to(device=self.device, dtype=torch.float32))
         S = self.input_size
         h, w = scaled_size(x.shape[-2:], S)
         if (h, w) != tuple(x.shape[-2:]):
@@ -341,5 +387,6 @@ class SamWrapper(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, input_size={self.input_size}, normalization={self.normalization!r}"
+        return (f"name={self.name!r}, input_size={self.input_size}, normalization={self.normalization!r}, "
+                f"input_channels={self.input_channels}, input_channel_mode={self.input_channel_mode!r}")
 

@@ -96,6 +96,18 @@ class DiceCELoss(nn.Module):
         return self.weight_ce * ce + self.weight_dice * (1 - dice.mean())
 
 
+# plans.json stage1.loss -> (weight_ce, weight_dice) of DiceCELoss
+STAGE1_LOSSES = {"dice_ce": (1.0, 1.0), "ce": (1.0, 0.0), "dice": (0.0, 1.0)}
+
+
+def stage1_loss(name: str, ignore_label: int | None = None, where: str = "plans.json") -> DiceCELoss:
+    """The stage-1 loss the plan names (``stage1.loss``): ``dice_ce``, ``ce`` or ``dice``."""
+    if name not in STAGE1_LOSSES:
+        raise ValueError(f"{where}: stage1.loss is {name!r}; choose one of {sorted(STAGE1_LOSSES)}")
+    weight_ce, weight_dice = STAGE1_LOSSES[name]
+    return DiceCELoss(weight_ce=weight_ce, weight_dice=weight_dice, ignore_label=ignore_label)
+
+
 class DiceBCEWithLogits(torch.nn.Module):
     """Soft Dice per (sample, channel) + BCE on logits, 1:1 (MedSAM style), on ``(B, K, H, W)``
     logits and binary targets of the same shape; target pixels equal to :data:`IGNORE_TARGET`

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from samunet.experiment_planning.plans_io import data_identifier, plans_file_name
+from samunet.experiment_planning import method_defaults
 from samunet.experiment_planning.method_defaults import fill_plan_defaults
 from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
 from samunet.experiment_planning.splits import load_fold
@@ -101,7 +102,9 @@ class BaseTrainer:
         cfg = self.plans[self.plans_section]
         self.num_epochs = int(num_epochs or cfg["num_epochs"])
         self.num_iterations_per_epoch = int(num_iterations_per_epoch or cfg["num_iterations_per_epoch"])
-        self.num_val_iterations = int(cfg.get("num_val_iterations_per_epoch", 20))
+        self.num_val_iterations = int(cfg.get("num_val_iterations_per_epoch", method_defaults.NUM_VAL_ITERATIONS))
+        # max gradient norm of a training step (plans written before the key: 12, the old constant)
+        self.grad_clip = float(cfg.get("grad_clip", method_defaults.GRAD_CLIP))
         self.batch_size = int(cfg["batch_size"])
         # quick runs and tests may shrink the budget further
         if self.options.get("batch_size"):
@@ -327,7 +330,8 @@ class BaseTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.train_model(data), target)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        if self.grad_clip > 0:  # 0 in the plan: no clipping
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         self.optimizer.step()
         return float(loss.detach())
 

@@ -49,12 +49,14 @@ def test_plan_3d_mr(prostate_raw):
     assert plans["target_spacing"] == pytest.approx([3.6, 0.625, 0.625])
     assert plans["normalization"][0]["scheme"] == "PercentileRescale"
     assert plans["label_values"] == [0, 1, 2]
-    assert plans["sam"]["model"] == "lite_medsam" and plans["sam"]["input_size"] == 256
+    assert plans["sam"]["model"] == "lite_medsam"
+    # one MR channel: replicated to SAM's three input channels
+    assert (plans["sam"]["input_channels"], plans["sam"]["input_channel_mode"]) == ([0], "replicate")
     assert plans["prompting"]["theta1"] == 0.75 and plans["prompting"]["theta2"] == 0.5
     ps = plans["stage1"]["patch_size"]
     assert all(p % 32 == 0 and 64 <= p <= 512 for p in ps)
     assert 2 <= plans["stage1"]["batch_size"] <= 32
-    assert plans["anisotropic"] is True
+    assert "anisotropic" in plans["decisions"]["transpose"]  # 3.6 mm slices vs 0.625 mm in-plane
     json.dumps(plans)  # serialisable
 
 
@@ -83,3 +85,4 @@ def test_plan_2d_rgb(tmp_path):
     # 900 px wide at spacing 1 is coarsened so the median slice fits 512 px
     assert plans["median_shape_after_resampling"][2] == pytest.approx(512, abs=1)
     assert plans["target_spacing"][1] == pytest.approx(900 / 512, rel=1e-3)
+    assert (plans["sam"]["input_channels"], plans["sam"]["input_channel_mode"]) == ([0, 1, 2], "rgb")

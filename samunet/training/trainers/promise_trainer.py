@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from samunet.experiment_planning.plans_io import data_identifier
+from samunet.experiment_planning.sam_input import sam_input_cache_key
 from samunet.networks.promise import AutoPromptingModule, PatternEmbedding, apm_feature_spec, encode_with_features
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 from samunet.experiment_planning import method_defaults
@@ -160,7 +161,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         dtype = self.plans["sam"].get("cache_dtype", "float16")
         return cache, FeatureCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
                                    weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size, dtype,
-                                   taps=self.taps, embedding_cache=cache)
+                                   taps=self.taps, embedding_cache=cache, sam_input=sam_input_cache_key(self.plans))
 
     def _slice_index(self, cases: list[str]) -> dict:
         """All ``(case, z)`` of ``cases`` and those whose reference has foreground."""
@@ -260,7 +261,8 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
     # ---- inference ----------------------------------------------------------------
     @torch.no_grad()
     def predict_preprocessed(self, data: np.ndarray, case: str | None = None, reference_seg=None,
-                             prompts_out: list | None = None, prompt: str | None = None, batch_slices: int = 4,
+                             prompts_out: list | None = None, prompt: str | None = None,
+                             batch_slices: int | None = None,
                              **context) -> np.ndarray:
         """``(C, Z, Y, X)`` → ``(K, Z, Y, X)`` class probabilities, background first, summing to 1
         per voxel, from each label's sigmoid (:meth:`class_probabilities`), so the argmax is the
@@ -284,6 +286,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
                      and cache.is_valid(case) and fcache.is_valid(case))
         labels = self.network["apm"].labels.tolist()
         scale = self.sam.input_size / max(y, x)
+        batch_slices = batch_slices or self.sam.encoder_batch_size
         for start in range(0, z_count, batch_slices):
             zs = list(range(start, min(z_count, start + batch_slices)))
             if use_cache:

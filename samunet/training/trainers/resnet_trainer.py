@@ -8,13 +8,14 @@ import torch
 from samunet.training.slice_inference import predict_volume_slices
 from samunet.networks.resnet_segmenter import build_stage1_network
 from samunet.training.augmentation import training_transforms
-from samunet.training.losses import DiceCELoss, num_outputs_for
+from samunet.experiment_planning.method_defaults import STAGE1_LOSS
+from samunet.training.losses import num_outputs_for, stage1_loss
 from samunet.training.optim import build_adamw_poly
 from samunet.training.trainer_base import BaseTrainer
 
 
 class ResNetTrainer(BaseTrainer):
-    """ResNet encoder + U-Net decoder (or DeepLabV3-ResNet50), Dice + CE, AdamW + poly LR.
+    """ResNet encoder + U-Net decoder (or DeepLabV3-ResNet50), Dice + CE (``stage1.loss``), AdamW + poly LR.
 
     Backbone, width, patch and batch size, epochs and learning rate come from
     ``plans["stage1"]``, as does ``dg_augmentation`` (default on: GIN-style random
@@ -43,7 +44,7 @@ class ResNetTrainer(BaseTrainer):
         return build_stage1_network(c["backbone"], c["in_channels"], c["num_outputs"], c["base_width"])
 
     def build_loss(self) -> torch.nn.Module:
-        return DiceCELoss(ignore_label=self.ignore_label)
+        return stage1_loss(self.plans["stage1"].get("loss", STAGE1_LOSS), self.ignore_label)
 
     def configure_optimizers(self):
         cfg = self.plans["stage1"]

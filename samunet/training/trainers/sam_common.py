@@ -43,11 +43,20 @@ class SAMTrainerMixin:
         return backend, precision
 
     def make_sam(self):
-        """The SAM backbone on the trainer's device, its image encoder on the configured backend."""
+        """The SAM backbone on the trainer's device, its image encoder on the configured backend and
+        fed the plan's ``sam.input_channels`` (a warning names channels SAM does not see)."""
+        from samunet.experiment_planning.plans_io import plans_file_name
+        from samunet.experiment_planning.sam_input import dropped_channels_warning
         from samunet.sam.encoder_backends import EncoderBackendError
         from samunet.sam.registry import build_sam
 
         sam = build_sam(self.sam_name, self.sam_checkpoint, self.device)
+        folder = getattr(self, "preprocessed_folder", None)  # None: a trainer built from a checkpoint alone
+        where = (str(folder / plans_file_name(getattr(self, "plans_name", "samunetPlans"))) if folder is not None
+                 else "the plans stored in the checkpoint")
+        sam.configure_from_plan(self.plans, where)
+        if (dropped := dropped_channels_warning(self.plans)) is not None:
+            logger.warning("%s: %s", type(self).__name__, dropped)
         try:
             return sam.configure_encoder(*self.encoder_settings)
         except EncoderBackendError as exc:
@@ -74,13 +83,14 @@ class SAMTrainerMixin:
     def make_cache(self, variant: str = "", transform=None):
         """The fold's embedding cache (``variant``/``transform``: an appearance-view cache beside it)."""
         from samunet.experiment_planning.plans_io import data_identifier
+        from samunet.experiment_planning.sam_input import sam_input_cache_key
         from samunet.sam.embedding_cache import EmbeddingCache
         from samunet.sam.registry import weights_identity
 
         return EmbeddingCache(self.preprocessed_folder, data_identifier(self.plans), self.sam_name,
                               weights_identity(self.sam_name, self.sam_checkpoint), self.sam.input_size,
                               self.plans["sam"].get("cache_dtype", "float16"), precision=self.sam.encoder_precision,
-                              variant=variant, transform=transform)
+                              variant=variant, transform=transform, sam_input=sam_input_cache_key(self.plans))
 
     def _seg(self, case: str) -> np.ndarray:
         """``(1, Z, Y, X)`` preprocessed labels of a case (memory-mapped where possible, read once)."""
