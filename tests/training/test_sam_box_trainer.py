@@ -147,6 +147,7 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
 
     case = t.split["test"][0]
     data, _, _ = load_preprocessed_case(t.data_folder, case)
+    loaded.stage1.options = {**loaded.stage1.options, "test_time_flip": False}  # heads only (flipping: its own test)
     mean = loaded.stage1.predict_preprocessed(data, case)
     each = [loaded.stage1.predict_preprocessed(data, case, network=n) for n in [loaded.stage1.network, *members]]
     np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-5)
