@@ -36,8 +36,10 @@ import torch
 from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
                                        slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
-from samunet.training.trainer_base import BaseTrainer, trainer_output_folder
+from samunet.training.trainer_base import BaseTrainer
 from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
+from samunet.training.trainers.chain_stage1 import (DEFAULT_STAGE1_TRAINER, PAPER_STAGE1_TRAINER,  # noqa: F401
+                                                    ChainStage1Mixin)
 from samunet.training.trainers.sam_common import SAMTrainerMixin
 from samunet.training.trainers.validation_choice import ValidationChoiceMixin
 from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -45,11 +47,7 @@ from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STAGE1_TRAINER = "EmbeddingHeadTrainer"
-PAPER_STAGE1_TRAINER = "ResNetTrainer"  # SAMMed's setting (DeepLabV3/ResNet from scratch)
-
-
-class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
+class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
     """SAMMed (Wang et al.): stage-1 boxes -> SAM with an adapted mask decoder."""
 
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
@@ -102,68 +100,6 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         opt = torch.optim.Adam(self.sam.trainable_decoder_parameters(), lr=cfg["initial_lr"],
                                weight_decay=cfg.get("weight_decay", 0.0))
         return opt, None  # constant learning rate, as in SAMMed
-
-    # ---- stage 1 ------------------------------------------------------------------
-    def _stage1_class(self):
-        from samunet.training.registry import find_trainer
-
-        cls = find_trainer(self.stage1_name)
-        if issubclass(cls, SAMBoxTrainer) or getattr(cls, "plans_section", None) == "sam":
-            raise ValueError(f"--stage1 {self.stage1_name}: a stage-1 trainer must be a segmenter that needs no "
-                             "prompt (ResNetTrainer, ResNetTrainer_DeepLabV3, EmbeddingHeadTrainer, ...)")
-        return cls
-
-    def _stage1_options(self, cls) -> dict:
-        """Options passed on to a stage-1 trainer that runs on the same SAM backbone."""
-        if not issubclass(cls, SAMTrainerMixin):
-            return {}
-        return {k: self.options[k] for k in ("sam", "sam_checkpoint", "encoder_backend", "encoder_precision")
-                if self.options.get(k) is not None}
-
-    def ensure_stage1(self, time_budget: float | None = None):
-        """Load the fold's stage-1 model, training it first when it is missing (sized to
-        ``time_budget`` seconds when given, else to ``--stage1_epochs/--stage1_iters`` or the plan)."""
-        from samunet.training.fold_training import fit_fold
-
-        cls = self._stage1_class()
-        folder = trainer_output_folder(self.dataset_name, self.stage1_name, self.plans_name, self.fold)
-        ckpt = folder / "checkpoint_final.pth"
-        if not ckpt.is_file():
-            logger.info("stage 1 (%s) for fold %s is missing: training it first", self.stage1_name, self.fold)
-            fit_fold(self.dataset_name, self.fold, self.stage1_name, self.plans_name, str(self.device),
-                     self.options.get("stage1_epochs"), self.options.get("stage1_iters"), seed=self.seed,
-                     **self._stage1_options(cls),
-                     **({"time_budget": time_budget} if time_budget is not None else {"time_budget": "none"}
-                        if self.time_budget_s() is None and self.options.get("stage1_epochs") is None else {}))
-        self.stage1 = cls.from_checkpoint(ckpt, self.device)
-        self.stage1_checkpoint = ckpt
-        if isinstance(self.stage1, SAMTrainerMixin) and \
-                (self.stage1.sam_name, self.stage1.sam_checkpoint) != (self.sam_name, self.sam_checkpoint):
-            raise ValueError(f"{ckpt} was trained on the {self.stage1.sam_name} embedding, this chain uses "
-                             f"{self.sam_name}: train the chain with the same --sam/--sam_checkpoint, or move "
-                             f"{folder} away so that stage 1 is trained again on this backbone")
-        return self.stage1
-
-    def out_of_fold_stage1(self) -> dict[str, dict]:
-        """``{train case: {"network", "trained_on"}}`` from stage-1 models that did not see the case
-        (``oof_folds`` parts; empty when 0 or when the stage-1 trainer cannot train parts)."""
-        k = self._oof_folds()
-        cls = self._stage1_class()
-        if k < 2 or not hasattr(cls, "train_out_of_fold") or len(self.split["train"]) < 2:
-            return {}
-        # the parts train exactly as long as the fold's stage-1 model did
-        from samunet.utilities.file_io import load_json
-
-        sized = self.stage1_checkpoint.parent / "schedule.json"
-        epochs, iters = self.options.get("stage1_epochs"), self.options.get("stage1_iters")
-        if sized.is_file() and epochs is None and iters is None:
-            s = load_json(sized)
-            epochs, iters = s["num_epochs"], s["num_iterations_per_epoch"]
-        part_trainer = self._stage1_instance(cls, epochs, iters)
-        if epochs is None and iters is None:
-            part_trainer.options["time_budget"] = "none"
-        part_trainer.output_folder = self.stage1_checkpoint.parent
-        return part_trainer.train_out_of_fold(k)
 
     def extra_checkpoint_state(self) -> dict:
         return {
@@ -277,20 +213,6 @@ class SAMBoxTrainer(ValidationChoiceMixin, SAMTrainerMixin, BaseTrainer):
         if self.rank == 0 and self.chain_setting("validation_choice", False):
             self.choose_on_validation()
             self.save("checkpoint_final.pth")
-
-    def _stage1_ready(self) -> bool:
-        folder = trainer_output_folder(self.dataset_name, self.stage1_name, self.plans_name, self.fold)
-        return (folder / "checkpoint_final.pth").is_file()
-
-    def _oof_folds(self) -> int:
-        return int(self.chain_setting("oof_folds", 0) or 0)
-
-    def _stage1_instance(self, cls, num_epochs=None, num_iterations=None):
-        """A stage-1 trainer on this fold that shares this trainer's SAM and embedding cache."""
-        t = cls(self.dataset_name, self.fold, self.plans_name, device=self.device, num_epochs=num_epochs,
-                num_iterations_per_epoch=num_iterations, seed=self.seed, **self._stage1_options(cls))
-        t.sam, t.shared_cache = self.sam, self.cache
-        return t
 
     def make_datasets(self) -> None:
         if getattr(self, "stage1", None) is None:
