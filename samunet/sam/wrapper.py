@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from samunet.experiment_planning.method_defaults import ENCODER_BATCH_SIZE
+from samunet.experiment_planning.sam_input import MODES as INPUT_CHANNEL_MODES
 
 # SAM's ImageNet pixel statistics (segment_anything/modeling/sam.py), in the [0, 255] range.
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 NORMALIZATIONS = ("minmax01", "sam")
-INPUT_CHANNEL_MODES = ("replicate", "rgb")
 
 
 def scaled_size(hw: Sequence[int], target: int) -> tuple[int, int]:
