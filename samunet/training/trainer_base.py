@@ -28,6 +28,7 @@ from samunet.training.augmentation import augment, training_transforms
 from samunet.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from samunet.training.data_loading import SliceDataset
 from samunet.training.progress_logger import ProgressLogger
+from samunet.training.schedule import format_duration
 from samunet.training.losses import confusion_counts
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, remove_stale_temp_files
@@ -395,6 +396,31 @@ class BaseTrainer:
         return {"val_loss": float(np.mean(losses)), "pseudo_dice": [None if np.isnan(d) else d for d in dice],
                 "mean_pseudo_dice": mean, "ema_pseudo_dice": self.ema_dice}
 
+    def training_deadline(self) -> float | None:
+        """``time.perf_counter()`` value by which the training epochs must end under a time budget
+        (the budget less the share kept for validation), or None without a budget."""
+        budget = self.time_budget_s()
+        if budget is None:
+            return None
+        return self.budget_start + budget * (1 - self.validation_reserve_fraction)
+
+    def past_training_deadline(self, epoch_seconds: float) -> bool:
+        """True when another epoch of ``epoch_seconds`` would end more than half an epoch past the
+        :meth:`training_deadline`: the device got slower than the probe measured at the start
+        (other processes on the cores, thermal limits), and the time budget is a promise. All
+        ranks take rank 0's decision."""
+        deadline = self.training_deadline()
+        if deadline is None:
+            return False
+        late = time.perf_counter() + 0.5 * epoch_seconds > deadline
+        late = dist_utils.mean_across_ranks(float(late) if self.rank == 0 else 0.0) * self.world_size > 0.5
+        if late:
+            logger.warning("%s: stopping after epoch %d of %d to keep the time budget (%s): the epochs ran slower "
+                           "than the probe measured at the start (other load on the device?)", type(self).__name__,
+                           self.current_epoch, self.num_epochs, format_duration(self.time_budget_s()))
+            self.stopped_early = {"after_epoch": self.current_epoch, "planned_epochs": self.num_epochs}
+        return late
+
     def run_training(self, resume: bool = False) -> None:
         self.output_folder.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:  # checkpoint writes a killed run left behind (only rank 0 saves)
@@ -427,6 +453,8 @@ class BaseTrainer:
                 self.save("checkpoint_latest.pth")
                 self.progress.save(self.output_folder, {"trainer": type(self).__name__, "fold": self.fold})
             self.current_epoch += 1
+            if self.current_epoch < self.num_epochs and self.past_training_deadline(record["epoch_time_s"]):
+                break
         self.current_epoch -= 1
         self.save("checkpoint_final.pth")
         dist_utils.barrier()

@@ -78,3 +78,43 @@ def test_measuring_leaves_weights_and_rng_untouched(trainer_factory):
     assert t.measure_step_seconds(repeats=1) > 0
     assert all(torch.equal(before[k], v) for k, v in t.network.state_dict().items())
     assert t.rng.bit_generator.state == state
+
+
+def test_training_stops_at_the_deadline_when_the_device_slows_down(trainer_factory, monkeypatch):
+    """The probe said a step is fast; then every step takes a second (other load on the cores): the
+    run stops after the epoch that reaches the budget instead of overrunning it, and says so."""
+    import types
+
+    from samunet.training import trainer_base
+
+    clock = types.SimpleNamespace(now=1000.0)
+    clock.perf_counter = lambda: clock.now
+    t = trainer_factory(time_budget="20s")
+    monkeypatch.setattr(trainer_base, "time", clock)
+    monkeypatch.setattr(type(t), "measure_step_seconds", lambda self, repeats=3: 0.001)
+    monkeypatch.setattr(type(t), "run_validation_batches", lambda self: {})
+    steps = []
+
+    def slow_step(self, batch):
+        steps.append(1)
+        clock.now += 1.0
+        return 0.0
+
+    monkeypatch.setattr(type(t), "train_step", slow_step)
+    monkeypatch.setattr(type(t), "next_train_batch", lambda self: None)
+    monkeypatch.setattr(type(t), "initialize", lambda self: None)
+    monkeypatch.setattr(type(t), "make_datasets", lambda self: None)
+    t.budget_start = clock.now
+    t.num_iterations_per_epoch = 5
+    t.run_training()
+    assert t.num_epochs == 40  # sized as if steps were fast
+    # deadline = 20 s less the 10 % validation reserve = 18 s; an epoch takes 5 s. After the third
+    # (15 s) a fourth ends 2 s late (< half an epoch): it runs; a fifth would end 7 s late: stop
+    assert len(steps) == 20
+    assert t.stopped_early == {"after_epoch": 4, "planned_epochs": 40}
+    assert (t.output_folder / "checkpoint_final.pth").is_file()
+
+
+def test_no_deadline_without_a_budget(trainer_factory):
+    t = trainer_factory(num_epochs=2, time_budget="1s")
+    assert t.training_deadline() is None and not t.past_training_deadline(1e9)
