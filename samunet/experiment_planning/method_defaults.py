@@ -55,6 +55,9 @@ SAM_CHAIN = {
     # heads (already trained for the decoder's boxes; polyp_dev ClinicDB 0.729 -> 0.739, source val
     # 0.814 -> 0.822 with 3 out-of-fold heads, SAM's low-res frame)
     "stage1_ensemble": True,
+    # under a time budget: share of the time left after encoding that goes to stage 1 (the fold's model
+    # and its out-of-fold models); the decoder gets the rest
+    "stage1_time_share": 0.5,
 }
 
 # multi-part labels: one box per sizeable connected component (merged into "prompting")

@@ -51,7 +51,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
     """SAMMed (Wang et al.): stage-1 boxes -> SAM with an adapted mask decoder."""
 
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
-                         "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble"})
+                         "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble",
+                         "stage1_time_share"})
 
     plans_section = "sam"
     wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
@@ -183,8 +184,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         return out
 
     validation_reserve_fraction = 0.15  # three prompt modes on validation and test cases
-    # shares of the time left after encoding: stage-1 heads (main + out-of-fold parts), decoder
-    STAGE1_SHARE = 0.5
+    STAGE1_SHARE = 0.5  # plans without sam.stage1_time_share
 
     def run_training(self, resume: bool = False) -> None:
         budget = self.time_budget_s()
@@ -203,7 +203,12 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                 left = budget * (1 - self.validation_reserve_fraction) - (time.perf_counter() - self.budget_start)
                 heads = 1 + (self._oof_folds() if hasattr(cls, "train_out_of_fold") else 0)
                 # nothing left (encoding took the budget): each stage then trains its minimum
-                head_budget = max(max(left, 0.0) * self.STAGE1_SHARE / heads, 1.0)
+                share = float(self.chain_setting("stage1_time_share", self.STAGE1_SHARE))
+                if not 0.0 < share < 1.0:
+                    raise ValueError(f"plans.json sam.stage1_time_share must be between 0 and 1 (exclusive), got "
+                                     f"{share}: it is the share of the time budget left after encoding that stage 1 "
+                                     "gets, the decoder the rest")
+                head_budget = max(max(left, 0.0) * share / heads, 1.0)
                 logger.info("time budget %.0f s: %.0f s left after encoding; stage 1 gets %.0f s per model (%d "
                             "model%s), the decoder the rest", budget, left, head_budget, heads, "s" if heads > 1 else "")
             self.ensure_stage1(head_budget)
