@@ -98,6 +98,9 @@ CLASS_PROMPT = {
     "plateau_patience": 5,
     "grad_clip": 12.0,
     "min_object_pixels": 1,
+    # share of samples prompting a class absent from the slice, with an empty target (issue 15.3):
+    # inference prompts every class on every slice. Plans written before the key: 0 (the trainer's fallback)
+    "absent_class_fraction": 0.25,
 }
 
 SECTIONS = {"embedding_head": EMBEDDING_HEAD}

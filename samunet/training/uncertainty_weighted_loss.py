@@ -76,7 +76,13 @@ class UncertaintyWeightedLoss(nn.Module):
     - ``logits``/``target`` ``(B, 1, 256, 256)``, target in {0, 1}, or
       :data:`~samunet.training.losses.IGNORE_TARGET` for unannotated pixels (no contribution);
     - ``dist`` ``(B, 1, 256, 256)``: D(M) of the target (:func:`distance_map`); computed from
-      ``target`` when None (with ``unnormalised`` honoured).
+      ``target`` when None (with ``unnormalised`` honoured);
+    - ``present`` ``(B,)`` bool, optional: False for a sample prompting a class absent from its
+      slice (empty target, no box). Such a sample has no sparse-MSE target and its shape term
+      is ≈ 1 whatever is predicted (Σ|0 − M̂| / ΣM̂), a constant that would only inflate the
+      term, so both average over the present samples (0 when there is none). BCE, the pooled
+      Dice (its predicted foreground enlarges the denominator) and the dense MSE (box-free
+      target) count every sample. An all-absent batch gives Dice 1 without gradient, not NaN.
 
     Returns the total; the last unweighted term values are kept in ``self.last_terms``.
     ``unnormalised=True`` uses the raw distance transform in the shape term.
@@ -89,7 +95,8 @@ class UncertaintyWeightedLoss(nn.Module):
         self.eps = float(eps)
         self.last_terms: dict[str, float] = {}
 
-    def terms(self, sparse, dense, sparse_target, dense_target, logits, target, dist=None) -> torch.Tensor:
+    def terms(self, sparse, dense, sparse_target, dense_target, logits, target, dist=None,
+              present=None) -> torch.Tensor:
         """The five unweighted terms ``(5,)`` in the order of ``TERMS``."""
         target, valid = split_ignored(target.to(logits.dtype))  # IGNORE_TARGET pixels count for nothing
         if dist is None:
@@ -100,12 +107,20 @@ class UncertaintyWeightedLoss(nn.Module):
         dist = dist.to(logits)
         if valid is not None:
             prob, dist = prob * valid, dist * valid
+        mse_sparse = F.mse_loss(sparse, sparse_target.expand_as(sparse), reduction="none")
+        if present is None or bool(present.all()):  # every sample has a box: exactly as before
+            mse_sparse, shape = mse_sparse.mean(), shape_distance_loss(prob, dist, self.eps)
+        elif bool(present.any()):
+            mse_sparse = mse_sparse[present].mean()
+            shape = shape_distance_loss(prob[present], dist[present], self.eps)
+        else:  # nothing present: the two terms are undefined, they count for nothing
+            mse_sparse, shape = sparse.sum() * 0, prob.sum() * 0
         return torch.stack([
-            F.mse_loss(sparse, sparse_target.expand_as(sparse)),
+            mse_sparse,
             F.mse_loss(dense, dense_target.expand_as(dense)),
             bce,
             squared_dice_loss(prob, target, self.eps),
-            shape_distance_loss(prob, dist, self.eps),
+            shape,
         ])
 
     def combine(self, terms: torch.Tensor) -> torch.Tensor:
@@ -113,8 +128,9 @@ class UncertaintyWeightedLoss(nn.Module):
         lam2 = self.lambdas.to(terms) ** 2
         return (terms / (2 * lam2) + torch.log1p(lam2)).sum()
 
-    def forward(self, sparse, dense, sparse_target, dense_target, logits, target, dist=None) -> torch.Tensor:
-        t = self.terms(sparse, dense, sparse_target, dense_target, logits, target, dist)
+    def forward(self, sparse, dense, sparse_target, dense_target, logits, target, dist=None,
+                present=None) -> torch.Tensor:
+        t = self.terms(sparse, dense, sparse_target, dense_target, logits, target, dist, present)
         self.last_terms = {k: float(v) for k, v in zip(TERMS, t.detach())}
         return self.combine(t)
 

@@ -112,6 +112,36 @@ def test_uncertainty_loss_decreases_and_lambdas_get_gradients():
     assert set(w) == set(TERMS) and all(v > 0 for v in w.values())
 
 
+def test_absent_class_samples_count_in_bce_and_dice_not_in_sparse_mse_and_shape():
+    """An absent-class sample (empty target, no box) must not make a term NaN or constant: its
+    foreground costs in BCE and Dice, while the sparse MSE and the shape term (≈ 1 whatever is
+    predicted on an empty target) average over the present samples only."""
+    torch.manual_seed(0)
+    loss = UncertaintyWeightedLoss()
+    sparse, st = torch.randn(2, 2, 256), torch.randn(2, 2, 256)
+    dense, dt = torch.randn(2, 256, 8, 8), torch.randn(1, 256, 8, 8)
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, :, 4:12, 4:12] = 1  # sample 1: the prompted class is absent
+    logits = torch.nn.Parameter(torch.randn(2, 1, 16, 16))
+    present = torch.tensor([True, False])
+    with torch.no_grad():
+        terms = loss.terms(sparse, dense, st, dt, logits, target, present=present)
+        alone = loss.terms(sparse[:1], dense[:1], st[:1], dt, logits[:1], target[:1])
+    assert torch.isfinite(terms).all()
+    for k in ("mse_sparse", "shape"):
+        assert float(terms[TERMS.index(k)]) == pytest.approx(float(alone[TERMS.index(k)]), rel=1e-5), k
+    # predicted foreground on the absent sample raises the loss: gradient pushes its logits down
+    loss(sparse, dense, st, dt, logits, target, present=present).backward()
+    assert (logits.grad[1] > 0).all()
+    # all samples absent: finite (Dice 1 without gradient, sparse MSE and shape count for nothing)
+    none = loss.terms(sparse, dense, st, dt, logits, torch.zeros_like(target), present=torch.tensor([False, False]))
+    assert torch.isfinite(none).all() and float(none[TERMS.index("shape")]) == 0
+    assert float(none[TERMS.index("mse_sparse")]) == 0 and float(none[TERMS.index("dice")]) == pytest.approx(1)
+    # all present: the same numbers as without the argument (runs without absent samples unchanged)
+    torch.testing.assert_close(loss.terms(sparse, dense, st, dt, logits, target, present=torch.tensor([True, True])),
+                               loss.terms(sparse, dense, st, dt, logits, target))
+
+
 # ---------------------------------------------------------------------------- the trainer
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
@@ -173,6 +203,57 @@ def test_train_steps_reduce_loss_lambdas_learn_encoders_frozen(trainer):
     groups = t.optimizer.param_groups
     assert groups[1]["params"][0] is t.loss.lambdas and groups[1]["weight_decay"] == 0
     assert groups[0]["weight_decay"] == pytest.approx(0.01) and groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_absent_class_prompts_have_empty_targets_at_the_planned_share(trainer):
+    """Inference prompts every class on every slice, so training also prompts classes absent from
+    the slice (issue 15.3): the square (label 2) is missing on slice 0 of every case."""
+    from samunet.experiment_planning import method_defaults
+
+    t = trainer
+    share = t.absent_class_fraction()
+    assert share == method_defaults.CLASS_PROMPT["absent_class_fraction"] == t.plans["class_prompt"][
+        "absent_class_fraction"] == 0.25
+    assert {(z, labels) for _, z, labels in t.train_absent} == {(0, (2,))}
+    for case, z, labels in t.train_absent + t.val_absent:
+        assert not np.isin(t._seg(case)[0, z], labels).any()
+    batch = t._batch(t.train_samples, 64, np.random.default_rng(1), jitter=True, absent=t.train_absent,
+                     absent_fraction=share)
+    absent = ~batch["present"]
+    assert 6 <= int(absent.sum()) <= 28  # binomial(64, 0.25): 16 ± 3.5
+    assert torch.all(batch["target"][absent] == 0) and torch.all(batch["classes"][absent] == 2)
+    assert torch.all(batch["target"][~absent].flatten(1).amax(1) == 1)  # the others show their class
+    assert torch.all(batch["dist"][absent] == 0)
+    rng = np.random.default_rng(2)  # validation prompts absent classes too: the pseudo-Dice sees false positives
+    assert sum(int((~t.next_val_batch(rng)["present"]).sum()) for _ in range(20)) > 0
+    mixed = torch.cat([torch.nonzero(absent)[:1, 0], torch.nonzero(~absent)[:1, 0]])  # one of each
+    t._epoch_terms = []
+    assert np.isfinite(t.train_step({k: v[mixed] for k, v in batch.items()}))
+    assert all(np.isfinite(v) for v in t._epoch_terms[-1].values())
+
+
+def test_absent_class_fraction_old_plans_options_and_bounds(trainer):
+    """Plans written before the key train as then (share 0: present classes only, the same random
+    draws); ``--opt absent_class_fraction`` overrides the plan; 1 (no present sample) is refused."""
+    t = trainer
+    section = t.plans["class_prompt"]
+    saved = section.pop("absent_class_fraction")
+    try:
+        assert t.absent_class_fraction() == 0.0
+        t.options["absent_class_fraction"] = 0.5
+        assert t.absent_class_fraction() == 0.5
+        t.options["absent_class_fraction"] = 1.0
+        with pytest.raises(ValueError, match="absent_class_fraction"):
+            t.absent_class_fraction()
+    finally:
+        t.options.pop("absent_class_fraction", None)
+        section["absent_class_fraction"] = saved
+    a = t._batch(t.train_samples, 6, np.random.default_rng(3), jitter=True)
+    b = t._batch(t.train_samples, 6, np.random.default_rng(3), jitter=True, absent=t.train_absent,
+                 absent_fraction=0.0)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert bool(a["present"].all())
 
 
 def test_deterministic_inference_and_class_selection(trainer):
@@ -294,7 +375,8 @@ def test_class_prompt_trainer_learns_the_blob(trainer):
     from samunet.training.trainers.class_prompt_trainer import ClassPromptTrainer
 
     t = ClassPromptTrainer(DATASET_ID, 0, device="cpu", num_epochs=1, num_iterations_per_epoch=1,
-                           **{**SMALL, "initial_lr": 2e-4, "train_noise": False})
+                           **{**SMALL, "initial_lr": 2e-4, "train_noise": False,
+                              "absent_class_fraction": 0.0})  # the blob's exposure as measured
     t.initialize()
     t.make_datasets()  # the module's embedding cache: no encoding here
     t._epoch_terms = []

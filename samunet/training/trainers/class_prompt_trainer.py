@@ -15,7 +15,12 @@ and the MSE targets (its embeddings of the jittered reference box of the class).
 
 Training sample = (slice, one class present on it drawn at random, binary reference of that
 class), at the decoder's 256² low-resolution frame. No flips: images are not re-encoded
-(as in SAMBoxTrainer, the cached embeddings are used as is).
+(as in SAMBoxTrainer, the cached embeddings are used as is). A share ``absent_class_fraction``
+of the samples are instead (slice, one class absent from it, all-zero target), drawn from every
+slice of the training cases: inference prompts every class on every slice, so the encoder
+must also learn to say "not here" (issue 15.3). Those samples have no box, so they count in
+BCE, Dice (pooled: their predicted foreground enlarges the denominator) and the dense MSE
+(whose target does not depend on the box), not in the sparse MSE nor the shape term.
 
 Settings (trainer option, else ``plans["class_prompt"][key]``, else the default):
 
@@ -34,6 +39,9 @@ Settings (trainer option, else ``plans["class_prompt"][key]``, else the default)
 ``initial_lr``         5e-4          AdamW, betas (0.9, 0.999), eps 1e-8
 ``weight_decay``       0.01          not on the λ's
 ``min_object_pixels``  1             a class counts as present on a slice from this many pixels
+                                     (absent: 0 pixels; 1..N-1 pixels: neither, never sampled)
+``absent_class_fraction`` 0.25       share of training/validation samples that prompt an absent
+                                     class with an empty target (plans without the key: 0)
 ``batch_size``         plans         overrides ``plans["sam"]["batch_size"]`` (paper: 16)
 ``num_val_iterations`` plans         validation batches per epoch
 =====================  ============  ============================================================
@@ -159,18 +167,36 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         self.cache = None
 
     # ---- data ---------------------------------------------------------------------
-    def collect_samples(self, cases: list[str]) -> list[tuple[str, int, tuple[int, ...]]]:
-        """``(case, z, labels present)`` for every slice showing at least one foreground class."""
+    def collect_samples(self, cases: list[str], absent: bool = False) -> list[tuple[str, int, tuple[int, ...]]]:
+        """``(case, z, labels present)`` for every slice showing at least one foreground class
+        (from ``min_object_pixels`` pixels on); with ``absent``, ``(case, z, labels absent)`` for
+        every slice missing at least one (0 pixels of it; smaller objects are neither)."""
         min_px = int(self.setting("min_object_pixels"))
+        fg = self.foreground_labels
         out = []
         for case in cases:
             seg = np.asarray(self._seg(case))[0]
             for z in range(seg.shape[0]):
                 values, counts = np.unique(seg[z], return_counts=True)
-                present = tuple(int(v) for v, n in zip(values, counts) if v in self.foreground_labels and n >= min_px)
-                if present:
-                    out.append((case, z, present))
+                if absent:
+                    labels = tuple(v for v in fg if v not in set(values.tolist()))
+                else:
+                    labels = tuple(int(v) for v, n in zip(values, counts) if v in fg and n >= min_px)
+                if labels:
+                    out.append((case, z, labels))
         return out
+
+    def absent_class_fraction(self) -> float:
+        """Share of samples prompting an absent class: the option, else the plan's
+        ``class_prompt.absent_class_fraction``; plans written before the key: 0, as then."""
+        value = self.options.get("absent_class_fraction")
+        if value is None:
+            value = (self.plans.get(self.settings_section) or {}).get("absent_class_fraction")
+        value = float(value or 0.0)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"class_prompt.absent_class_fraction must be in [0, 1), got {value} "
+                             "(plans.json or --opt absent_class_fraction=...)")
+        return value
 
     def make_datasets(self) -> None:
         self._segs = {}
@@ -182,8 +208,13 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         self.val_samples = self.collect_samples(self.split["val"])
         if not self.train_samples:
             raise RuntimeError(f"no labelled slice in the training cases of fold {self.fold}")
-        logger.info("%d training slices, %d validation slices with foreground", len(self.train_samples),
-                    len(self.val_samples))
+        self.train_absent, self.val_absent = [], []
+        if self.absent_class_fraction() > 0:
+            self.train_absent = self.collect_samples(self.split["train"], absent=True)
+            self.val_absent = self.collect_samples(self.split["val"], absent=True)
+        logger.info("%d training slices, %d validation slices with foreground; %d / %d with an absent class "
+                    "(share %.2f)", len(self.train_samples), len(self.val_samples), len(self.train_absent),
+                    len(self.val_absent), self.absent_class_fraction())
 
     def _box_s_frame(self, mask: np.ndarray, scaled_hw, rng: np.random.Generator | None) -> np.ndarray:
         """Tight box of ``mask`` (slice frame) in the S frame, each side pushed out by 0..N px
@@ -196,18 +227,26 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         h, w = scaled_hw
         return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
 
-    def _batch(self, samples, n: int, rng: np.random.Generator, jitter: bool) -> dict:
+    def _batch(self, samples, n: int, rng: np.random.Generator, jitter: bool, absent=(),
+               absent_fraction: float = 0.0) -> dict:
+        """``n`` samples from ``samples`` ``(case, z, labels present)``; each is replaced with
+        probability ``absent_fraction`` by one from ``absent`` ``(case, z, labels absent)``, whose
+        target is empty (``present`` False, placeholder box). With no share the random draws are
+        those of the present-only sampler, so runs without it are reproduced exactly."""
         idx = rng.integers(len(samples), size=n)
-        emb, classes, boxes, targets = [], [], [], []
-        for i in idx:
-            case, z, present = samples[i]
-            label = int(present[rng.integers(len(present))])
+        use_absent = (rng.random(n) < absent_fraction) if (absent and absent_fraction > 0) else np.zeros(n, bool)
+        emb, classes, boxes, targets, present_flags = [], [], [], [], []
+        for i, is_absent in zip(idx, use_absent):
+            case, z, labels = absent[rng.integers(len(absent))] if is_absent else samples[i]
+            label = int(labels[rng.integers(len(labels))])
             seg = np.asarray(self._seg(case)[0, z])
             mask = seg == label
             scaled_hw = self.cache.info(case)["scaled_hw"]
             emb.append(np.asarray(self.cache.load(case)[z], dtype=np.float32))
             classes.append(label)
-            boxes.append(self._box_s_frame(mask, scaled_hw, rng if jitter else None))
+            present_flags.append(not is_absent)
+            boxes.append(np.zeros(4, np.float32) if is_absent else
+                         self._box_s_frame(mask, scaled_hw, rng if jitter else None))
             low = mask_to_low_res(torch.from_numpy(mask)[None], scaled_hw, self.sam.input_size)[0]
             ignored = self.ignored_pixels(seg)
             if ignored is not None:
@@ -217,13 +256,19 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
         target = torch.stack(targets)
         dist = torch.from_numpy(distance_map(target.numpy() > 0.5, normalise=not bool(self.setting("unnormalised"))))
         return {"embeddings": torch.from_numpy(np.stack(emb)), "classes": torch.tensor(classes, dtype=torch.float32),
-                "boxes": torch.from_numpy(np.stack(boxes)), "target": target, "dist": dist}
+                "boxes": torch.from_numpy(np.stack(boxes)), "target": target, "dist": dist,
+                "present": torch.tensor(present_flags)}
 
     def next_train_batch(self) -> dict:
-        return self._batch(self.train_samples, max(1, self.batch_size // self.world_size), self.rng, jitter=True)
+        return self._batch(self.train_samples, max(1, self.batch_size // self.world_size), self.rng, jitter=True,
+                           absent=self.train_absent, absent_fraction=self.absent_class_fraction())
 
     def next_val_batch(self, rng: np.random.Generator) -> dict:
-        return self._batch(self.val_samples or self.train_samples, self.batch_size, rng, jitter=False)
+        # absent prompts here too, so the pseudo-Dice (and the best checkpoint) sees false positives
+        samples, absent = (self.val_samples, self.val_absent) if self.val_samples else (self.train_samples,
+                                                                                       self.train_absent)
+        return self._batch(samples, self.batch_size, rng, jitter=False, absent=absent,
+                           absent_fraction=self.absent_class_fraction())
 
     # ---- forward / steps ----------------------------------------------------------
     def _eval_generator(self) -> torch.Generator | None:
@@ -255,8 +300,9 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
 
     def _loss(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense, sparse_t, dense_t, logits = self._forward(batch, train)
+        present = batch.get("present")
         loss = self.loss(sparse, dense, sparse_t, dense_t, logits, batch["target"].to(self.device),
-                         batch["dist"].to(self.device))
+                         batch["dist"].to(self.device), None if present is None else present.to(self.device))
         return loss, logits
 
     def train_step(self, batch: dict) -> float:
