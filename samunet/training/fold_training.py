@@ -17,9 +17,12 @@ DEFAULT_TRAINER = "SAMBoxTrainer"  # the whole SAMMed chain: stage 1 (trained if
 
 def fit_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str | None = None,
              device: str | None = None, num_epochs: int | None = None, num_iterations: int | None = None,
-             resume: bool = False, val_only: bool = False, use_best: bool = False, seed: int = 12345, **options):
+             resume: bool = False, val_only: bool = False, use_best: bool = False, seed: int = 12345,
+             shared: dict | None = None, **options):
     """Train one fold (``val_only``: load its checkpoint instead); returns the trainer, its
-    network in the state the final validation uses (``use_best``: the best checkpoint)."""
+    network in the state the final validation uses (``use_best``: the best checkpoint).
+    ``shared``: attributes set on the trainer before it builds anything (a chain passes its
+    ``sam`` and embedding cache to its stage 1, so one SAM is in memory, not two)."""
     from samunet.experiment_planning.planner import DEFAULT_PLANS_NAME
     from samunet.training import distributed as dist_utils
     from samunet.training.registry import find_trainer
@@ -33,6 +36,8 @@ def fit_fold(dataset, fold, trainer_name: str = DEFAULT_TRAINER, plans_name: str
     options = {k: v for k, v in options.items() if v is not None}
     trainer = cls(dataset, fold, plans_name or DEFAULT_PLANS_NAME, device=dev, num_epochs=num_epochs,
                   num_iterations_per_epoch=num_iterations, seed=seed, **options)
+    for key, value in (shared or {}).items():
+        setattr(trainer, key, value)
     if val_only:
         trainer.initialize()
         from samunet.training.trainers.sam_common import SAMTrainerMixin

@@ -159,16 +159,20 @@ class BaseTrainer:
         return {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None) -> "BaseTrainer":
-        """A trainer ready to predict, built from a checkpoint alone (no preprocessed data needed)."""
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None,
+                        shared: dict | None = None) -> "BaseTrainer":
+        """A trainer ready to predict, built from a checkpoint alone (no preprocessed data needed);
+        ``shared``: attributes set before the network is built (e.g. a chain's ``sam``, so that no
+        second SAM is loaded)."""
         ckpt = load_checkpoint(path, map_location="cpu")
         return cls.for_inference(fill_plan_defaults(json.loads(ckpt["plans"])), json.loads(ckpt["dataset_json"]),
                                  ckpt["network_weights"], json.loads(ckpt.get("options", "{}")), ckpt,
-                                 device=device, fold=ckpt["fold"], seed=int(ckpt.get("seed", 12345)))
+                                 device=device, fold=ckpt["fold"], seed=int(ckpt.get("seed", 12345)), shared=shared)
 
     @classmethod
     def for_inference(cls, plans: dict, dataset_json: dict, weights: dict, options: dict, state: dict,
-                      device: torch.device | str | None = None, fold=None, seed: int = 12345) -> "BaseTrainer":
+                      device: torch.device | str | None = None, fold=None, seed: int = 12345,
+                      shared: dict | None = None) -> "BaseTrainer":
         """A trainer ready to predict from its plan, dataset.json, network weights and options;
         ``state`` (a checkpoint's entries) goes to :meth:`restore_inference_state`. Used by
         :meth:`from_checkpoint` and by a chain restoring its stage-1 trainer."""
@@ -184,6 +188,8 @@ class BaseTrainer:
         self.rank, self.world_size = 0, 1
         self.options = dict(options)
         self.restore_inference_state(state)
+        for key, value in (shared or {}).items():
+            setattr(self, key, value)
         self.network = self.build_network().to(self.device)
         self.network.load_state_dict(weights)
         self.network.eval()
