@@ -28,7 +28,7 @@ from samunet.training.augmentation import augment, training_transforms
 from samunet.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from samunet.training.data_loading import SliceDataset
 from samunet.training.progress_logger import ProgressLogger
-from samunet.training.schedule import format_duration
+from samunet.training.time_budget import TimeBudgetMixin
 from samunet.training.losses import confusion_counts
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, remove_stale_temp_files
@@ -45,7 +45,7 @@ def trainer_output_folder(dataset_name: str, trainer_name: str, plans_name: str,
     return results_root() / dataset_name / f"{trainer_name}__{plans_name}" / f"fold_{fold}"
 
 
-class BaseTrainer:
+class BaseTrainer(TimeBudgetMixin):
     """Trains one fold. ``fold``: ``0..4``, ``all`` or ``domain_<name>``."""
 
     plans_section = "stage1"  # which part of plans.json holds this trainer's budget
@@ -55,10 +55,6 @@ class BaseTrainer:
     OPTIONS: frozenset = frozenset({"batch_size", "num_val_iterations", "time_budget"})
     # options that do not change what is trained (a resumed run may differ in them)
     RUNTIME_OPTIONS: frozenset = frozenset({"encoder_backend", "time_budget"})
-    # share of the time budget kept for the final validation (prediction of val/test cases)
-    validation_reserve_fraction = 0.1
-    # a short probe underestimates a long run (varying batches, allocator, thermal): sized with headroom
-    probe_headroom = 1.2
 
     @classmethod
     def known_options(cls) -> set[str]:
@@ -262,74 +258,6 @@ class BaseTrainer:
         self.progress = ProgressLogger(json.loads(ckpt["progress"]))
         restore_rng_state(ckpt["rng_state"], self.rng)
 
-    # ---- time budget --------------------------------------------------------------
-    def time_budget_s(self) -> float | None:
-        """Seconds this run may take (``--time_budget``; default: 30 min on a CPU, none on a GPU),
-        or None (the plan's schedule). None whenever ``--epochs``/``--iters`` were given."""
-        from samunet.training.schedule import default_time_budget, parse_duration
-
-        if self.explicit_schedule:
-            return None
-        value = self.options.get("time_budget")
-        if value is None or str(value).strip().lower() == "auto":
-            return default_time_budget(self.device)
-        if str(value).strip().lower() in ("none", "off", "0", "plan"):
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):  # set by a chain, may be spent
-            return max(float(value), 1.0)
-        return parse_duration(value)
-
-    def measure_step_seconds(self, repeats: int = 3) -> float:
-        """Seconds per training step, measured on real batches; weights, optimiser and the
-        training RNG are restored afterwards, so the run is as if it had not been measured."""
-        import copy
-
-        from samunet.training.schedule import measure_seconds_per_call
-
-        weights = copy.deepcopy(self.network.state_dict())
-        opt_state = copy.deepcopy(self.optimizer.state_dict())
-        saved_rng, self.rng = self.rng, np.random.default_rng([self.seed, 99, self.rank])
-        try:
-            return measure_seconds_per_call(lambda: self.train_step(self.next_train_batch()), warmup=1,
-                                            repeats=repeats)
-        finally:
-            self.network.load_state_dict(weights)
-            self.optimizer.load_state_dict(opt_state)
-            self.rng = saved_rng
-
-    def fit_schedule(self, resume: bool) -> None:
-        """Size epochs x iterations to the time budget (or reuse the sized schedule of the run
-        being resumed); logs what was sized and why, writes ``schedule.json``."""
-        from samunet.training.schedule import format_duration, size_stage
-        from samunet.utilities.file_io import save_json
-
-        file = self.output_folder / "schedule.json"
-        if resume and file.is_file():
-            sized = load_json(file)
-        else:
-            budget = self.time_budget_s()
-            if budget is None:
-                return
-            elapsed = time.perf_counter() - self.budget_start
-            left = budget - elapsed - self.validation_reserve_fraction * budget
-            spi = self.measure_step_seconds() * self.probe_headroom
-            per_epoch = self.num_val_iterations * spi * 0.4  # validation batches: forward only
-            stage = size_stage(type(self).__name__, max(left, 0.0), spi, self.num_epochs, self.num_iterations_per_epoch,
-                               per_epoch_overhead_s=per_epoch)
-            sized = {"num_epochs": stage.num_epochs, "num_iterations_per_epoch": stage.iterations_per_epoch,
-                     "time_budget_s": budget, "seconds_per_iteration": spi,
-                     "reason": f"time budget {format_duration(budget)}, {format_duration(elapsed)} spent before "
-                               f"training (data, caches), {int(100 * self.validation_reserve_fraction)}% kept for "
-                               f"validation: {stage.reason}"}
-            if self.rank == 0:
-                self.output_folder.mkdir(parents=True, exist_ok=True)
-                save_json(sized, file)
-        changed = (sized["num_epochs"], sized["num_iterations_per_epoch"]) != (self.num_epochs, self.num_iterations_per_epoch)
-        self.num_epochs, self.num_iterations_per_epoch = int(sized["num_epochs"]), int(sized["num_iterations_per_epoch"])
-        logger.info("schedule of %s: %s", type(self).__name__, sized["reason"])
-        if changed:  # learning-rate schedules depend on the number of epochs
-            self.optimizer, self.scheduler = self.configure_optimizers()
-
     # ---- the loop -----------------------------------------------------------------
     def train_step(self, batch: dict) -> float:
         data = torch.from_numpy(batch["data"]).to(self.device)
@@ -401,31 +329,6 @@ class BaseTrainer:
         self.ema_dice = mean if self.ema_dice is None else 0.9 * self.ema_dice + 0.1 * mean
         return {"val_loss": float(np.mean(losses)), "pseudo_dice": [None if np.isnan(d) else d for d in dice],
                 "mean_pseudo_dice": mean, "ema_pseudo_dice": self.ema_dice}
-
-    def training_deadline(self) -> float | None:
-        """``time.perf_counter()`` value by which the training epochs must end under a time budget
-        (the budget less the share kept for validation), or None without a budget."""
-        budget = self.time_budget_s()
-        if budget is None:
-            return None
-        return self.budget_start + budget * (1 - self.validation_reserve_fraction)
-
-    def past_training_deadline(self, epoch_seconds: float) -> bool:
-        """True when another epoch of ``epoch_seconds`` would end more than half an epoch past the
-        :meth:`training_deadline`: the device got slower than the probe measured at the start
-        (other processes on the cores, thermal limits), and the time budget is a promise. All
-        ranks take rank 0's decision."""
-        deadline = self.training_deadline()
-        if deadline is None:
-            return False
-        late = time.perf_counter() + 0.5 * epoch_seconds > deadline
-        late = dist_utils.mean_across_ranks(float(late) if self.rank == 0 else 0.0) * self.world_size > 0.5
-        if late:
-            logger.warning("%s: stopping after epoch %d of %d to keep the time budget (%s): the epochs ran slower "
-                           "than the probe measured at the start (other load on the device?)", type(self).__name__,
-                           self.current_epoch, self.num_epochs, format_duration(self.time_budget_s()))
-            self.stopped_early = {"after_epoch": self.current_epoch, "planned_epochs": self.num_epochs}
-        return late
 
     def run_training(self, resume: bool = False) -> None:
         self.output_folder.mkdir(parents=True, exist_ok=True)

@@ -85,12 +85,13 @@ def test_training_stops_at_the_deadline_when_the_device_slows_down(trainer_facto
     run stops after the epoch that reaches the budget instead of overrunning it, and says so."""
     import types
 
-    from samunet.training import trainer_base
+    from samunet.training import time_budget, trainer_base
 
     clock = types.SimpleNamespace(now=1000.0)
     clock.perf_counter = lambda: clock.now
     t = trainer_factory(time_budget="20s")
     monkeypatch.setattr(trainer_base, "time", clock)
+    monkeypatch.setattr(time_budget, "time", clock)
     monkeypatch.setattr(type(t), "measure_step_seconds", lambda self, repeats=3: 0.001)
     monkeypatch.setattr(type(t), "run_validation_batches", lambda self: {})
     steps = []

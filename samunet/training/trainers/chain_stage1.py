@@ -45,12 +45,13 @@ class ChainStage1Mixin:
         # a stage 1 on the same SAM embedding uses the chain's SAM (one in memory, not two or three)
         shared_sam = getattr(self, "sam", None) if issubclass(cls, SAMTrainerMixin) else None
         shared = {"sam": shared_sam} if shared_sam is not None else {}
+        cache = getattr(self, "cache", None)
+        training_shared = {**shared, "shared_cache": cache} if shared and cache is not None else shared
         if not ckpt.is_file():
             logger.info("stage 1 (%s) for fold %s is missing: training it first", self.stage1_name, self.fold)
             fit_fold(self.dataset_name, self.fold, self.stage1_name, self.plans_name, str(self.device),
                      self.options.get("stage1_epochs"), self.options.get("stage1_iters"), seed=self.seed,
-                     shared={**shared, **({"shared_cache": self.cache} if shared and getattr(self, "cache", None)
-                                           is not None else {})},
+                     shared=training_shared,
                      **self._stage1_options(cls),
                      **({"time_budget": time_budget} if time_budget is not None else {"time_budget": "none"}
                         if self.time_budget_s() is None and self.options.get("stage1_epochs") is None else {}))
