@@ -88,6 +88,40 @@ def test_appearance_views_are_cached_beside_the_embeddings(head_planned):
     assert plain.shape == shifted.shape and not np.allclose(plain, shifted, atol=1e-2)
 
 
+def test_scale_views_are_cached_and_their_targets_follow_the_zoom(head_planned):
+    """A scale view's cached embedding is the encoder's reading of the zoomed slice, and its training
+    target is the label slice zoomed the same way (foreground area scaled by the zoom squared)."""
+    import zlib
+
+    from samunet.sam.scale_views import apply_zoom, slice_zoom
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer, scale_transform
+
+    t = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                             num_views=0, num_scale_views=1)
+    t.initialize()
+    t.make_datasets()
+    assert len(t.scale_caches) == 1 and not t.view_caches
+    cache = t.scale_caches[0]
+    case = t.split["train"][0]
+    assert cache.folder.parent == t.cache.folder and cache.is_valid(case)
+    assert not cache.is_valid(t.split["test"][0])  # training cases only
+    data, seg, _ = load_preprocessed_case(t.data_folder, case)
+    z = int(np.argmax((seg[0] > 0).sum(axis=(1, 2))))
+    zoom = slice_zoom(0, 1, zlib.crc32(case.encode()), z, data.shape[2:], t.scale_range)
+    enc, _ = t.embeddings_of(scale_transform(1, 0, t.scale_range)(data, case))
+    assert np.allclose(np.asarray(cache.load(case)[z], np.float32), enc[z], atol=5e-2)
+    plain, target = t.target(case, z), t.target(case, z, 1)
+    zoomed = apply_zoom(np.asarray(seg[0, z]), zoom, order=0, fill=0)
+    ratio = (zoomed > 0).sum() / max(1, (seg[0, z] > 0).sum())
+    got = (target > 0).sum() / max(1, (plain > 0).sum())
+    assert abs(got - ratio) < 0.15 * ratio + 0.02
+    if abs(zoom.scale - 1) > 0.1 and (seg[0, z] > 0).sum() > 50 and ratio > 0.2:
+        assert not np.array_equal(plain, target)
+    # a training batch draws the plain slice and the view; every target has the slice's shape
+    batch = t.next_train_batch()
+    assert batch["seg"].shape[1:] == (1, 256, 256) and batch["data"].shape[1:] == (256, 64, 64)
+
+
 def test_context_blocks_and_heads_written_before_them():
     """Default: dilated context blocks; a config without the key (older checkpoints) builds the
     head without them, so its saved weights load unchanged."""

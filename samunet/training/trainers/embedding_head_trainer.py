@@ -33,6 +33,7 @@ from samunet.sam.appearance_views import random_appearance
 from samunet.sam.box_prompting import mask_to_low_res
 from samunet.sam.embedding_cache import encode_volume
 from samunet.sam.embedding_lru import prediction_lru
+from samunet.sam.scale_views import DEFAULT_SCALE_RANGE, apply_zoom, slice_zoom
 from samunet.training import distributed as dist_utils
 from samunet.training.losses import DiceCELoss, logits_to_probabilities, num_outputs_for
 from samunet.training.optim import build_adamw_poly
@@ -57,6 +58,21 @@ def view_transform(view: int, seed: int = 0):
     return transform
 
 
+def scale_transform(view: int, seed: int = 0, scale_range=DEFAULT_SCALE_RANGE):
+    """``transform(data (C, Z, Y, X), case) -> data``: scale view ``view`` (1-based) of a case, each
+    slice zoomed by :func:`~samunet.sam.scale_views.slice_zoom` (the same every time)."""
+
+    def transform(data: np.ndarray, case: str) -> np.ndarray:
+        out = np.empty_like(data, dtype=np.float32)
+        key = zlib.crc32(case.encode())
+        for z in range(data.shape[1]):
+            zoom = slice_zoom(seed, view, key, z, data.shape[2:], scale_range)
+            out[:, z] = apply_zoom(np.asarray(data[:, z], dtype=np.float32), zoom, order=1)
+        return out
+
+    return transform
+
+
 def flip_transform(data: np.ndarray, case: str | None = None) -> np.ndarray:
     """``(C, Z, Y, X)`` data mirrored left-right (the image before the encoder: flipping the embedding
     grid is not the same, with SAM's bottom-right padding)."""
@@ -68,13 +84,25 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
 
     plans_section = "embedding_head"
     settings_section = "embedding_head"
-    OPTIONS = frozenset({"num_views", "test_time_flip"})
+    OPTIONS = frozenset({"num_views", "num_scale_views", "test_time_flip"})
 
     # ---- configuration ------------------------------------------------------------
     @property
     def num_views(self) -> int:
         v = self.options.get("num_views")
         return int(v if v is not None else self.plans["embedding_head"].get("num_views", 0))
+
+    @property
+    def num_scale_views(self) -> int:
+        """Scale views per training slice (plan ``embedding_head.num_scale_views``; plans written
+        before it: 0)."""
+        v = self.options.get("num_scale_views")
+        return int(v if v is not None else self.plans["embedding_head"].get("num_scale_views", 0))
+
+    @property
+    def scale_range(self) -> tuple[float, float]:
+        lo, hi = self.plans["embedding_head"].get("scale_range", DEFAULT_SCALE_RANGE)
+        return float(lo), float(hi)
 
     def network_config(self) -> dict:
         cfg = self.plans["embedding_head"]
@@ -114,12 +142,17 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         seed = int(self.plans["embedding_head"].get("view_seed", 0))
         self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else ""),
                                            view_transform(v, seed)) for v in range(1, self.num_views + 1)]
+        lo, hi = self.scale_range
+        self.scale_caches = [self.make_cache(f"scale{v}_{lo:g}-{hi:g}" + (f"_s{seed}" if seed else ""),
+                                            scale_transform(v, seed, (lo, hi)))
+                             for v in range(1, self.num_scale_views + 1)]
         self.build_flip_cache(self.split["val"] + self.split.get("test", []))
-        for i, cache in enumerate(self.view_caches):
-            if any(not cache.is_valid(c) for c in self.split["train"]):
-                logger.info("appearance view %d/%d of the training slices (encoded once, cached)", i + 1,
-                            len(self.view_caches))
-            cache.build(self.split["train"], self.sam, part=self.rank, num_parts=self.world_size)
+        for kind, caches in (("appearance", self.view_caches), ("scale", self.scale_caches)):
+            for i, cache in enumerate(caches):
+                if any(not cache.is_valid(c) for c in self.split["train"]):
+                    logger.info("%s view %d/%d of the training slices (encoded once, cached)", kind, i + 1,
+                                len(caches))
+                cache.build(self.split["train"], self.sam, part=self.rank, num_parts=self.world_size)
         dist_utils.barrier()
 
     def build_flip_cache(self, cases, make_cache=None) -> None:
@@ -152,12 +185,18 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
                     fg.append((case, z))
         return every, fg
 
-    def target(self, case: str, z: int) -> np.ndarray:
+    def target(self, case: str, z: int, scale_view: int = 0) -> np.ndarray:
         """``(1, 256, 256)`` label indices in the decoder's low-resolution frame (padding = 0;
-        unannotated pixels keep the ignore label's value, which the loss skips)."""
-        key = (case, z)
+        unannotated pixels keep the ignore label's value, which the loss skips); of scale view
+        ``scale_view`` (1-based; 0 = the slice itself)."""
+        key = (case, z, scale_view)
         if key not in self._targets:
-            seg = torch.from_numpy(np.asarray(self._seg(case))[0, z].astype(np.int64))
+            seg = np.asarray(self._seg(case))[0, z]
+            if scale_view:
+                zoom = slice_zoom(int(self.plans["embedding_head"].get("view_seed", 0)), scale_view,
+                                  zlib.crc32(case.encode()), z, seg.shape, self.scale_range)
+                seg = apply_zoom(seg, zoom, order=0, fill=0)
+            seg = torch.from_numpy(seg.astype(np.int64))
             scaled_hw = self.cache.info(case)["scaled_hw"]
             t = torch.zeros((1, 256, 256), dtype=torch.uint8)
             for i, label in enumerate(self.label_values[1:], start=1):
@@ -176,10 +215,10 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         for _ in range(n):
             pool = fg if fg and rng.random() < over else every
             case, z = pool[int(rng.integers(len(pool)))]
-            v = int(rng.integers(len(self.view_caches) + 1)) if views else 0
-            cache = self.cache if v == 0 else self.view_caches[v - 1]
-            emb.append(np.asarray(cache.load(case)[z], dtype=np.float32))
-            seg.append(self.target(case, z))
+            v = int(rng.integers(len(self.view_caches) + len(self.scale_caches) + 1)) if views else 0
+            caches = [self.cache, *self.view_caches, *self.scale_caches]
+            emb.append(np.asarray(caches[v].load(case)[z], dtype=np.float32))
+            seg.append(self.target(case, z, max(0, v - len(self.view_caches))))
         return {"data": np.stack(emb), "seg": np.stack(seg)}
 
     def next_train_batch(self) -> dict:
