@@ -55,6 +55,10 @@ SAM_CHAIN = {
     "gt_box_fraction": 0.5,
     # L2-SP: weight of sum((w - w_pretrained)^2) in the decoder loss (keeps what SAM knew)
     "l2sp_weight": 0.1,
+    # prompts per forward/backward pass of a decoder training step (0 = the whole batch): the step's
+    # gradient is accumulated over micro-batches, so the update is the batch's. LiteMedSAM, batch 8,
+    # 2 CPU cores: peak memory 2.7 -> 1.7 GiB at the same 1.3 s per step with micro-batches of 4
+    "micro_batch_size": 4,
     # pick, on source validation, original vs adapted decoder and stage 1 vs SAM per label
     "validation_choice": True,
     # stage-1 probabilities at validation/prediction: the mean of the fold's head and its out-of-fold

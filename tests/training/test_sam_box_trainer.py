@@ -48,6 +48,29 @@ def test_decoder_step_reduces_loss_and_encoders_stay_frozen(small_planned):
     assert t.cache.is_valid("s00") and t.cache.load("s00").shape == (3, 256, 64, 64)
 
 
+def test_micro_batches_give_the_whole_batch_gradient(small_planned):
+    """sam.micro_batch_size accumulates the step's gradient over parts of the batch: the same loss and
+    gradient as one pass (memory is the point, not the maths)."""
+    t = SAMBoxTrainer(653, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                      stage1_epochs=1, stage1_iters=1)
+    t.ensure_stage1()
+    t.initialize()
+    t.make_datasets()
+    batch = t._batch(t.train_prompts, 4, np.random.default_rng(0), jitter=False)
+    t.optimizer.step = lambda *a, **k: None  # compare the gradients, not an update
+    params = [p for p in t.sam.mask_decoder.parameters() if p.requires_grad]
+    runs = {}
+    for micro in (0, 3, 1):
+        t.options["micro_batch_size"] = micro
+        loss = t.train_step(batch)
+        runs[micro] = (loss, [p.grad.clone() for p in params])
+    for micro in (3, 1):
+        assert runs[micro][0] == pytest.approx(runs[0][0], rel=1e-5)
+        for a, b in zip(runs[micro][1], runs[0][1]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert any(float(g.abs().sum()) > 0 for g in runs[0][1])
+
+
 @pytest.mark.slow
 def test_chain_on_real_prostate_gt_box_beats_full_box(prostate_runmc6, samunet_roots, tmp_path):
     """plan -> stage 1 -> SAM stage -> validation with auto / gt_box / full_box prompts ->

@@ -52,7 +52,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
 
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
                          "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble",
-                         "stage1_time_share"})
+                         "stage1_time_share", "micro_batch_size"})
 
     plans_section = "sam"
     wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
@@ -303,15 +303,26 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
     def train_step(self, batch: dict) -> float:
+        """One update from the whole batch; its gradient is accumulated over micro-batches of the
+        plan's ``sam.micro_batch_size`` prompts (0: one pass), each loss weighted by its share of the
+        batch, so the update is the batch's (pooled BCE weighting aside, with ignored pixels) while
+        the decoder's activations are held for one micro-batch at a time."""
         self.sam.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self._forward(batch), batch["target"].to(self.device))
+        n = int(batch["boxes"].shape[0])
+        step = int(self.chain_setting("micro_batch_size", 0) or 0)
+        step = n if step <= 0 else min(step, n)
         weight = float(self.chain_setting("l2sp_weight", 0.0))
-        total = loss + weight * self.l2sp_penalty() if weight > 0 else loss
-        total.backward()
+        total_loss = 0.0
+        for start in range(0, n, step):
+            part = {k: v[start:start + step] for k, v in batch.items()}
+            loss = self.loss(self._forward(part), part["target"].to(self.device)) * (part["boxes"].shape[0] / n)
+            total = loss + weight * self.l2sp_penalty() if weight > 0 and start == 0 else loss
+            total.backward()
+            total_loss += float(loss.detach())
         dist_utils.average_gradients(self.sam.trainable_decoder_parameters())
         self.optimizer.step()
-        return float(loss.detach())
+        return total_loss
 
     @torch.no_grad()
     def validation_step(self, batch: dict):
