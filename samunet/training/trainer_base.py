@@ -32,6 +32,7 @@ from samunet.training.time_budget import TimeBudgetMixin
 from samunet.training.losses import confusion_counts
 from samunet.utilities.dataset_name import resolve_dataset
 from samunet.utilities.file_io import load_json, remove_stale_temp_files
+from samunet.utilities.malloc_tuning import trim_heap
 from samunet.utilities.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -365,5 +366,6 @@ class BaseTrainer(TimeBudgetMixin):
             if self.current_epoch < self.num_epochs and self.past_training_deadline(record["epoch_time_s"]):
                 break
         self.current_epoch -= 1
+        trim_heap()  # the loop's activations were freed but stay resident with samunet's malloc settings
         self.save("checkpoint_final.pth")
         dist_utils.barrier()

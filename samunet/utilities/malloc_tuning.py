@@ -14,7 +14,11 @@ only work when set before the interpreter starts, so samunet sets the equivalent
   only when it exceeds 1 GiB.
 
 The cost is that memory freed inside a process is reused by that process rather than
-returned at once (peak memory is unchanged). Linux/glibc only; ``SAMUNET_MALLOC_TUNING=0``
+returned at once: a phase's high-water mark stays resident after it ends, so a long job's
+later phases run on top of it. :func:`trim_heap` hands the free memory back (glibc's
+``malloc_trim``); a trainer calls it when its training loop ends, so its final validation
+and whatever the process does next (the demo predicts in the same process) start from what
+is in use, not from the loop's high-water mark. Linux/glibc only; ``SAMUNET_MALLOC_TUNING=0``
 turns it off.
 """
 
@@ -29,6 +33,7 @@ TRIM_THRESHOLD = 1 << 30
 ENV = "SAMUNET_MALLOC_TUNING"
 
 _applied: bool | None = None
+_libc = None
 
 
 def tune_malloc() -> bool:
@@ -44,6 +49,22 @@ def tune_malloc() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        global _libc
+        _libc = libc if _applied else None
     except (OSError, AttributeError):  # no libc.so.6 or no mallopt: leave the allocator alone
         _applied = False
     return _applied
+
+
+def trim_heap() -> bool:
+    """Return the heap's free memory to the kernel (after a phase that allocated a lot, e.g. a
+    training loop), when the settings above are in effect; True if anything was released."""
+    if not _applied or _libc is None:
+        return False
+    import gc
+
+    gc.collect()
+    try:
+        return bool(_libc.malloc_trim(0))
+    except AttributeError:
+        return False
