@@ -179,7 +179,8 @@ class ClassPromptTrainer(SAMTrainerMixin, BaseTrainer):
             for z in range(seg.shape[0]):
                 values, counts = np.unique(seg[z], return_counts=True)
                 if absent:
-                    labels = tuple(v for v in fg if v not in set(values.tolist()))
+                    on_slice = set(values.tolist())
+                    labels = tuple(v for v in fg if v not in on_slice)
                 else:
                     labels = tuple(int(v) for v, n in zip(values, counts) if v in fg and n >= min_px)
                 if labels:

@@ -58,15 +58,20 @@ def view_transform(view: int, seed: int = 0):
     return transform
 
 
+def case_zoom(seed: int, view: int, case: str, z: int, shape_hw, scale_range=DEFAULT_SCALE_RANGE):
+    """The zoom of scale view ``view`` (1-based) of slice ``z`` of ``case``: one definition for the
+    image (:func:`scale_transform`) and its training target."""
+    return slice_zoom(seed, view, zlib.crc32(case.encode()), z, shape_hw, scale_range)
+
+
 def scale_transform(view: int, seed: int = 0, scale_range=DEFAULT_SCALE_RANGE):
     """``transform(data (C, Z, Y, X), case) -> data``: scale view ``view`` (1-based) of a case, each
-    slice zoomed by :func:`~samunet.sam.scale_views.slice_zoom` (the same every time)."""
+    slice zoomed by :func:`case_zoom` (the same every time)."""
 
     def transform(data: np.ndarray, case: str) -> np.ndarray:
         out = np.empty_like(data, dtype=np.float32)
-        key = zlib.crc32(case.encode())
         for z in range(data.shape[1]):
-            zoom = slice_zoom(seed, view, key, z, data.shape[2:], scale_range)
+            zoom = case_zoom(seed, view, case, z, data.shape[2:], scale_range)
             out[:, z] = apply_zoom(np.asarray(data[:, z], dtype=np.float32), zoom, order=1)
         return out
 
@@ -98,6 +103,10 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         before it: 0)."""
         v = self.options.get("num_scale_views")
         return int(v if v is not None else self.plans["embedding_head"].get("num_scale_views", 0))
+
+    @property
+    def view_seed(self) -> int:
+        return int(self.plans["embedding_head"].get("view_seed", 0))
 
     @property
     def scale_range(self) -> tuple[float, float]:
@@ -139,7 +148,7 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         self.cache = getattr(self, "shared_cache", None) or self.make_cache()
         needed = self.split["train"] + self.split["val"] + self.split.get("test", [])
         self.cache.build(needed, self.sam, part=self.rank, num_parts=self.world_size)
-        seed = int(self.plans["embedding_head"].get("view_seed", 0))
+        seed = self.view_seed
         self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else ""),
                                            view_transform(v, seed)) for v in range(1, self.num_views + 1)]
         lo, hi = self.scale_range
@@ -193,8 +202,7 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         if key not in self._targets:
             seg = np.asarray(self._seg(case))[0, z]
             if scale_view:
-                zoom = slice_zoom(int(self.plans["embedding_head"].get("view_seed", 0)), scale_view,
-                                  zlib.crc32(case.encode()), z, seg.shape, self.scale_range)
+                zoom = case_zoom(self.view_seed, scale_view, case, z, seg.shape, self.scale_range)
                 seg = apply_zoom(seg, zoom, order=0, fill=0)
             seg = torch.from_numpy(seg.astype(np.int64))
             scaled_hw = self.cache.info(case)["scaled_hw"]
@@ -212,11 +220,11 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         every, fg = slices
         over = float(self.plans["embedding_head"].get("foreground_oversampling", 0.5))
         emb, seg = [], []
+        caches = [self.cache, *self.view_caches, *self.scale_caches]  # index 0: the plain slices
         for _ in range(n):
             pool = fg if fg and rng.random() < over else every
             case, z = pool[int(rng.integers(len(pool)))]
-            v = int(rng.integers(len(self.view_caches) + len(self.scale_caches) + 1)) if views else 0
-            caches = [self.cache, *self.view_caches, *self.scale_caches]
+            v = int(rng.integers(len(caches))) if views else 0
             emb.append(np.asarray(caches[v].load(case)[z], dtype=np.float32))
             seg.append(self.target(case, z, max(0, v - len(self.view_caches))))
         return {"data": np.stack(emb), "seg": np.stack(seg)}
