@@ -5,8 +5,9 @@ test on 128 CVC-ClinicDB frames from 6 video sequences) with the default chain a
 default time budget, then print one table: Dice and NSD on the held-out domain for
 
 - stage 1 alone (the chain's stage 1; ``--with_resnet`` adds ``ResNetTrainer`` from scratch),
-- SAMBox with automatic / whole-image / reference boxes, with the adapted decoder and with
-  LiteMedSAM's original decoder,
+- SAMBox with automatic / whole-image / reference boxes: as chosen on source validation (the
+  checkpoint as it predicts), with LiteMedSAM's original decoder, and with the adapted decoder
+  (stored in the checkpoint when the choice kept the original one),
 - ``--with_promise``: ProMISeTrainer on the same fold and budget,
 
 and the wall time of each stage. ``--second_check`` runs the tiny ``multisite_slices``
@@ -82,25 +83,30 @@ def stage_seconds(folder: Path) -> float:
     return float(sum(r.get("epoch_time_s", 0.0) for r in epochs)) if isinstance(epochs, list) else float("nan")
 
 
-def original_decoder_rows(dataset_id: int, fold: str, out: Path) -> dict:
-    """SAMBox's checkpoint with LiteMedSAM's original mask decoder, on the fold's test cases."""
+def decoder_rows(dataset_id: int, fold: str, out: Path, which: str) -> dict | None:
+    """SAMBox's checkpoint with LiteMedSAM's ``original`` mask decoder or the ``adapted`` one, SAM's
+    masks for every label, on the fold's test cases. ``None`` for ``adapted`` when the checkpoint's
+    decoder is the adapted one (the "as chosen" rows are then those)."""
+    import torch
+
     from samunet.evaluation.final_validation import predict_and_evaluate
     from samunet.training.trainers.sam_box_trainer import SAMBoxTrainer
 
+    ckpt_state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    if which == "adapted" and "adapted_decoder" not in ckpt_state:
+        return None
     t = SAMBoxTrainer(dataset_id, fold, device="cpu", time_budget="none")
     t.initialize()
     t.load(t.output_folder / "checkpoint_final.pth", weights_only_network=True)
-    ckpt_state = __import__("torch").load(t.output_folder / "checkpoint_final.pth", map_location="cpu",
-                                          weights_only=True)
     t.restore_inference_state(ckpt_state)
     t.cache = t.make_cache()
     t.stage1.sam, t.stage1.cache = t.sam, t.cache
-    original = t.make_sam().mask_decoder.state_dict()
-    t.sam.mask_decoder.load_state_dict(original)
+    weights = t.make_sam().mask_decoder.state_dict() if which == "original" else ckpt_state["adapted_decoder"]
+    t.sam.mask_decoder.load_state_dict(weights)
     t.final_choice = None  # SAM's masks for every label
     rows = {}
     for mode in ("auto", "full_box", "gt_box"):
-        rows[mode] = predict_and_evaluate(t, t.split["test"], out / f"test_original_{mode}", mode, prompt=mode)
+        rows[mode] = predict_and_evaluate(t, t.split["test"], out / f"test_{which}_{mode}", mode, prompt=mode)
     return {m: (r or {}).get("foreground_mean", {}) for m, r in rows.items()}
 
 
@@ -119,14 +125,17 @@ def run_chain(dataset_id: int, fold: str, budget: str, extra: list[str]) -> dict
     times[f"{stage1_name} validation + test prediction"] = time.perf_counter() - t1
     times[f"{stage1_name} training epochs"] = stage_seconds(s1_folder)
     times["SAMBox decoder training epochs"] = stage_seconds(folder)
-    rows = {f"{stage1_name} alone": summary(s1_folder / "test")}
-    for mode, label in (("", "auto boxes"), ("_full_box", "whole-image box"), ("_gt_box", "reference box")):
-        rows[f"SAMBox {label}, adapted decoder (as chosen)"] = summary(folder / f"test{mode}")
-    orig = original_decoder_rows(dataset_id, fold, folder)
-    for mode, label in (("auto", "auto boxes"), ("full_box", "whole-image box"), ("gt_box", "reference box")):
-        rows[f"SAMBox {label}, original decoder"] = orig.get(mode, {})
     choice = json.loads(__import__("torch").load(folder / "checkpoint_final.pth", map_location="cpu",
                                                  weights_only=True).get("final_choice", "null"))
+    chosen = (choice or {}).get("decoder", "adapted")
+    rows = {f"{stage1_name} alone": summary(s1_folder / "test")}
+    for mode, label in (("", "auto boxes"), ("_full_box", "whole-image box"), ("_gt_box", "reference box")):
+        rows[f"SAMBox {label}, as chosen ({chosen} decoder, final masks)"] = summary(folder / f"test{mode}")
+    modes = (("auto", "auto boxes"), ("full_box", "whole-image box"), ("gt_box", "reference box"))
+    for which in ("original", "adapted"):
+        other = decoder_rows(dataset_id, fold, folder, which)
+        for mode, label in modes if other is not None else ():
+            rows[f"SAMBox {label}, {which} decoder"] = other.get(mode, {})
     for name in extra:
         t2 = time.perf_counter()
         other = train_fold(dataset_id, fold, name, device="cpu", time_budget=budget)

@@ -110,6 +110,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             "stage1_trainer": type(self.stage1).__name__,
             "stage1_options": json.dumps(getattr(self.stage1, "options", {}) or {}),
             "final_choice": json.dumps(getattr(self, "final_choice", None)),
+            # the adapted decoder when the validation choice kept the original one (else: the network)
+            **({"adapted_decoder": self.adapted_decoder} if getattr(self, "adapted_decoder", None) else {}),
         }
 
     def restore_inference_state(self, checkpoint: dict) -> None:

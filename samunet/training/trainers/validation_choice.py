@@ -1,5 +1,7 @@
 """The chain's final choice, made on the fold's (source) validation cases: original vs adapted
 mask decoder (mean Dice with automatic boxes), then stage 1 vs SAM per label.
+When the original decoder is chosen, the adapted weights stay in ``self.adapted_decoder`` (and
+the checkpoint's ``adapted_decoder``), so what adaptation did can still be measured.
 
 Mixed into :class:`~samunet.training.trainers.sam_box_trainer.SAMBoxTrainer`; the result is
 ``self.final_choice`` (stored in the checkpoint, read by ``predict_preprocessed``).
@@ -66,6 +68,9 @@ class ValidationChoiceMixin:
         use_adapted = np.nanmean(list(d_adapted.values())) >= np.nanmean(list(d_original.values()))
         if use_adapted:
             self.sam.mask_decoder.load_state_dict(adapted)
+            self.adapted_decoder = None
+        else:  # kept in the checkpoint, so the adapted decoder can still be measured (benchmarks)
+            self.adapted_decoder = adapted
         d_sam = d_adapted if use_adapted else d_original
         d_stage1 = self._validation_dice(cases, use_stage1=True)
         labels = {str(l): ("stage1" if d_stage1[l] > d_sam[l] else "sam") for l in self.foreground_labels}

@@ -1,0 +1,52 @@
+"""The chain's original-vs-adapted decoder choice keeps what it did not choose measurable."""
+
+import json
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from samunet.training.trainers.sam_box_trainer import SAMBoxTrainer
+from samunet.training.trainers.validation_choice import ValidationChoiceMixin
+
+
+class _Chain(ValidationChoiceMixin):
+    """A decoder whose weight *is* its validation Dice, and a stage 1 worth ``stage1_dice``."""
+
+    def __init__(self, adapted: float, original: float, stage1_dice: float):
+        self.sam = SimpleNamespace(mask_decoder=nn.Linear(1, 1, bias=False))
+        with torch.no_grad():
+            self.sam.mask_decoder.weight.fill_(original)
+        self.pretrained_decoder = {k: v.clone() for k, v in self.sam.mask_decoder.state_dict().items()}
+        with torch.no_grad():
+            self.sam.mask_decoder.weight.fill_(adapted)
+        self.stage1_dice = stage1_dice
+        self.split = {"val": ["a", "b"]}
+        self.foreground_labels = [1]
+
+    def _validation_dice(self, cases, use_stage1=False):
+        return {1: self.stage1_dice if use_stage1 else float(self.sam.mask_decoder.weight.item())}
+
+
+def test_original_chosen_keeps_the_adapted_weights_for_the_checkpoint():
+    t = _Chain(adapted=0.6, original=0.8, stage1_dice=0.7)
+    choice = t.choose_on_validation()
+    assert choice["decoder"] == "original" and choice["labels"] == {"1": "sam"}
+    assert t.sam.mask_decoder.weight.item() == torch.tensor(0.8).item()  # the network now holds the original
+    assert t.adapted_decoder["weight"].item() == torch.tensor(0.6).item()  # ... and the adapted one is kept
+    fake = SimpleNamespace(stage1=SimpleNamespace(network=nn.Linear(1, 1), network_config=lambda: {}, options={}),
+                           final_choice=choice, adapted_decoder=t.adapted_decoder)
+    state = SAMBoxTrainer.extra_checkpoint_state(fake)
+    assert torch.equal(state["adapted_decoder"]["weight"], t.adapted_decoder["weight"])
+    assert json.loads(state["final_choice"])["decoder"] == "original"
+
+
+def test_adapted_chosen_stores_no_second_decoder_and_stage1_wins_a_label():
+    t = _Chain(adapted=0.8, original=0.6, stage1_dice=0.9)
+    choice = t.choose_on_validation()
+    assert choice["decoder"] == "adapted" and choice["labels"] == {"1": "stage1"}
+    assert t.sam.mask_decoder.weight.item() == torch.tensor(0.8).item()
+    assert t.adapted_decoder is None
+    fake = SimpleNamespace(stage1=SimpleNamespace(network=nn.Linear(1, 1), network_config=lambda: {}, options={}),
+                           final_choice=choice, adapted_decoder=None)
+    assert "adapted_decoder" not in SAMBoxTrainer.extra_checkpoint_state(fake)
