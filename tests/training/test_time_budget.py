@@ -39,6 +39,7 @@ def test_schedule_is_sized_from_measured_throughput(trainer_factory, monkeypatch
     lrs = []
     for _ in range(t.num_epochs):
         lrs.append(t.optimizer.param_groups[0]["lr"])
+        t.optimizer.step()  # (no gradients: a no-op, in the order training uses)
         t.scheduler.step()
     assert t.optimizer.param_groups[0]["lr"] < 0.2 * lrs[0]
 
@@ -99,6 +100,7 @@ def test_training_stops_at_the_deadline_when_the_device_slows_down(trainer_facto
     def slow_step(self, batch):
         steps.append(1)
         clock.now += 1.0
+        self.optimizer.step()  # as a real step does, before the epoch's scheduler step
         return 0.0
 
     monkeypatch.setattr(type(t), "train_step", slow_step)
