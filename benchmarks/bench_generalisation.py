@@ -141,7 +141,7 @@ def run_chain(dataset_id: int, fold: str, budget: str, extra: list[str]) -> dict
         other = train_fold(dataset_id, fold, name, device="cpu", time_budget=budget)
         times[f"{name} (train + validation)"] = time.perf_counter() - t2
         rows[f"{name} alone"] = summary(other.output_folder / "test")
-    return {"rows": rows, "times": times, "choice": choice}
+    return {"rows": rows, "times": times, "choice": choice, "stage1_name": stage1_name}
 
 
 def print_table(title: str, result: dict) -> None:
@@ -157,6 +157,39 @@ def print_table(title: str, result: dict) -> None:
         c = result["choice"]
         print(f"\nvalidation choice: {c.get('decoder')} decoder, per label {c.get('labels')}; "
               f"source-validation Dice {json.dumps(c.get('validation_dice'))}")
+    checks = done_when_checks(result, result.get("stage1_name", "EmbeddingHeadTrainer"))
+    if checks:
+        print("\n| done-when (issue 14) | measured | met |\n|---|---|---|")
+        for what, value, met in checks:
+            print(f"| {what} | {value} | {'yes' if met else 'no'} |")
+
+
+def done_when_checks(result: dict, stage1_name: str = "EmbeddingHeadTrainer") -> list[tuple[str, str, bool]]:
+    """Issue 14's acceptance lines, from one run's rows and times: ``(criterion, measured, met)``."""
+    rows, times = result["rows"], result["times"]
+
+    def dice(prefix: str):
+        hits = [r.get("Dice") for name, r in rows.items() if name.startswith(prefix)]
+        return hits[0] if hits and hits[0] is not None else None
+
+    auto, stage1 = dice("SAMBox auto boxes, as chosen"), dice(f"{stage1_name} alone")
+    ref_orig = dice("SAMBox reference box, original decoder")
+    ref_adapted = dice("SAMBox reference box, adapted decoder")
+    if ref_adapted is None and (result.get("choice") or {}).get("decoder", "adapted") == "adapted":
+        ref_adapted = dice("SAMBox reference box, as chosen")
+    chain_s = next((v for k, v in times.items() if k.startswith("chain")), None)
+    checks = []
+    if auto is not None:
+        checks.append(("automatic-box Dice >= 0.80", f"{auto:.3f}", auto >= 0.80))
+        if stage1 is not None:
+            checks.append(("automatic-box Dice >= stage 1 alone + 0.03", f"{auto - stage1:+.3f}",
+                           auto >= stage1 + 0.03))
+    if ref_orig is not None and ref_adapted is not None:
+        checks.append(("adapted decoder's reference-box Dice within 0.01 of the original's",
+                       f"{ref_adapted - ref_orig:+.3f}", ref_adapted >= ref_orig - 0.01))
+    if chain_s is not None:
+        checks.append(("whole chain <= 30 min", f"{chain_s / 60:.1f} min", chain_s <= 1800))
+    return checks
 
 
 def main(argv=None) -> None:
