@@ -162,6 +162,12 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
     # the checkpoint alone restores stage 1 and the choice
     loaded = SAMBoxTrainer.from_checkpoint(t.output_folder / "checkpoint_final.pth", "cpu")
     assert type(loaded.stage1).__name__ == "EmbeddingHeadTrainer" and loaded.final_choice == choice
+    # an adapted decoder the choice did not take stays in the checkpoint (and survives a reload)
+    if choice["decoder"] == "original":
+        assert set(ckpt["adapted_decoder"]) == set(ckpt["network_weights"])
+        assert set(loaded.adapted_decoder) == set(ckpt["network_weights"])
+    else:
+        assert "adapted_decoder" not in ckpt and loaded.adapted_decoder is None
     # ... and the out-of-fold heads, whose mean with the fold's head gives the automatic boxes
     assert len(ckpt["stage1_ensemble_weights"]) == 2
     members = loaded.stage1.ensemble_members

@@ -130,6 +130,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             stage1.ensemble_members = members
         self.stage1 = stage1
         self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
+        self.adapted_decoder = checkpoint.get("adapted_decoder")  # kept when the choice took the original
         self.cache = None
 
     # ---- cache and prompts --------------------------------------------------------
