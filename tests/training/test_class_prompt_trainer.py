@@ -134,7 +134,7 @@ def test_absent_class_samples_count_in_bce_and_dice_not_in_sparse_mse_and_shape(
     loss(sparse, dense, st, dt, logits, target, present=present).backward()
     assert (logits.grad[1] > 0).all()
     # all samples absent: finite (Dice 1 without gradient, sparse MSE and shape count for nothing)
-    none = loss.terms(sparse, dense, st, dt, logits, torch.zeros_like(target), present=torch.tensor([False, False]))
+    none = loss.terms(sparse, dense, st, dt, logits, torch.zeros_like(target), present=torch.tensor([False, False])).detach()
     assert torch.isfinite(none).all() and float(none[TERMS.index("shape")]) == 0
     assert float(none[TERMS.index("mse_sparse")]) == 0 and float(none[TERMS.index("dice")]) == pytest.approx(1)
     # all present: the same numbers as without the argument (runs without absent samples unchanged)
