@@ -83,16 +83,14 @@ def stage_seconds(folder: Path) -> float:
     return float(sum(r.get("epoch_time_s", 0.0) for r in epochs)) if isinstance(epochs, list) else float("nan")
 
 
-def decoder_rows(dataset_id: int, fold: str, out: Path, which: str) -> dict | None:
+def decoder_rows(dataset_id: int, fold: str, out: Path, which: str, ckpt_state: dict) -> dict | None:
     """SAMBox's checkpoint with LiteMedSAM's ``original`` mask decoder or the ``adapted`` one, SAM's
     masks for every label, on the fold's test cases. ``None`` for ``adapted`` when the checkpoint's
-    decoder is the adapted one (the "as chosen" rows are then those)."""
-    import torch
-
+    decoder is the adapted one (the "as chosen" rows are then those). ``ckpt_state``: the loaded
+    ``checkpoint_final.pth`` of ``out``."""
     from samunet.evaluation.final_validation import predict_and_evaluate
     from samunet.training.trainers.sam_box_trainer import SAMBoxTrainer
 
-    ckpt_state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=True)
     if which == "adapted" and "adapted_decoder" not in ckpt_state:
         return None
     t = SAMBoxTrainer(dataset_id, fold, device="cpu", time_budget="none")
@@ -125,15 +123,15 @@ def run_chain(dataset_id: int, fold: str, budget: str, extra: list[str]) -> dict
     times[f"{stage1_name} validation + test prediction"] = time.perf_counter() - t1
     times[f"{stage1_name} training epochs"] = stage_seconds(s1_folder)
     times["SAMBox decoder training epochs"] = stage_seconds(folder)
-    choice = json.loads(__import__("torch").load(folder / "checkpoint_final.pth", map_location="cpu",
-                                                 weights_only=True).get("final_choice", "null"))
+    ckpt_state = __import__("torch").load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    choice = json.loads(ckpt_state.get("final_choice", "null"))
     chosen = (choice or {}).get("decoder", "adapted")
     rows = {f"{stage1_name} alone": summary(s1_folder / "test")}
     for mode, label in (("", "auto boxes"), ("_full_box", "whole-image box"), ("_gt_box", "reference box")):
         rows[f"SAMBox {label}, as chosen ({chosen} decoder, final masks)"] = summary(folder / f"test{mode}")
     modes = (("auto", "auto boxes"), ("full_box", "whole-image box"), ("gt_box", "reference box"))
     for which in ("original", "adapted"):
-        other = decoder_rows(dataset_id, fold, folder, which)
+        other = decoder_rows(dataset_id, fold, folder, which, ckpt_state)
         for mode, label in modes if other is not None else ():
             rows[f"SAMBox {label}, {which} decoder"] = other.get(mode, {})
     for name in extra:
