@@ -4,7 +4,8 @@ Modes (``--prompt``):
 
 - ``auto``: SAMMed's mask filtering: threshold stage-1 probabilities at θ1, then one box per
   sizeable connected component (``prompting.boxes_per_label``, ``component_min_fraction`` of
-  the largest; :func:`slice_box_sets`), or — plans without those keys, and
+  the largest; :func:`slice_box_sets`; where nothing exceeds θ1, the components above
+  ``theta1_fallback``), or — plans without those keys, and
   :func:`slice_boxes` — the largest component of the downsampled mask only (SAMMed's rule);
 - ``unfiltered_box``: the box of every stage-1 pixel above 0.9 (SAMMed's "SAM + ResNet" row);
 - ``full_box``: the whole slice on every slice (SAMMed's "SAM + Full" row);
@@ -75,7 +76,9 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
                    slice_shape: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """Like :func:`slice_boxes`, but ``{label: (n, 4) boxes}``: in ``auto`` mode one box per
     sizeable connected component (:func:`samunet.sam.prompts.component_boxes`) when the plan
-    sets ``prompting.boxes_per_label``; every other mode gives one box per label."""
+    sets ``prompting.boxes_per_label``; every other mode gives one box per label. A label with no
+    component above θ1 gets the components above ``prompting.theta1_fallback`` (plans that set it;
+    default 0.5, stage 1's own mask threshold) instead of no box."""
     settings = multi_box_settings(prompting)
     if mode != "auto" or settings is None:
         return {l: b[None] for l, b in slice_boxes(mode, fg_probs, ref_slice, labels, prompting, rng,
@@ -85,6 +88,10 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
     out = {}
     for i, label in enumerate(labels):
         boxes = component_boxes(fg_probs[i], prompting["theta1"], min_fraction, max_boxes, min_pixels)
+        fallback = prompting.get("theta1_fallback")
+        if not boxes and fallback is not None and float(fallback) < float(prompting["theta1"]):
+            # an unsure stage 1 (an unseen site) may nowhere reach theta1 although its own mask is there
+            boxes = component_boxes(fg_probs[i], float(fallback), min_fraction, max_boxes, min_pixels)
         if rng is not None:
             lo, hi = prompting["box_jitter_px"]
             boxes = [jitter_box(b, rng, int(hi), shape, min_shift=int(lo)) for b in boxes]

@@ -86,3 +86,34 @@ def test_plan_2d_rgb(tmp_path):
     assert plans["median_shape_after_resampling"][2] == pytest.approx(512, abs=1)
     assert plans["target_spacing"][1] == pytest.approx(900 / 512, rel=1e-3)
     assert (plans["sam"]["input_channels"], plans["sam"]["input_channel_mode"]) == ([0, 1, 2], "rgb")
+
+
+def test_plan_2d_grey_png_rescales_each_image_to_its_percentiles(tmp_path):
+    """One grey channel in 8-bit PNGs (MR/X-ray slices): a dark site and a bright one must reach
+    the networks alike, so the scheme is per-image PercentileRescale, not a division by 255."""
+    from samunet.preprocessing.normalization import normalize_channel
+
+    folder = tmp_path / "Dataset778_Grey"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    base = rng.integers(20, 200, (128, 128)).astype(np.float64)
+    images = {"bright": base, "dark": base * 0.25}  # the same anatomy, a darker scanner
+    images["dark"][0, :3] = 255  # one bright artefact pixel row (a coil): below the 99.5th percentile
+    for i, (name, img) in enumerate(images.items()):
+        Image.fromarray(img.round().astype(np.uint8)).save(folder / "imagesTr" / f"{name}_0000.png")
+        lab = np.zeros((128, 128), np.uint8)
+        lab[40:80, 40:80] = 1
+        Image.fromarray(lab).save(folder / "labelsTr" / f"{name}.png")
+    dj = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "prostate": 1}, "numTraining": 2,
+          "file_ending": ".png"}
+    (folder / "dataset.json").write_text(json.dumps(dj))
+    plans = plan_experiment(dj, compute_fingerprint(folder, dj), folder.name)
+    (scheme,) = plans["normalization"]
+    assert scheme["scheme"] == "PercentileRescale" and "grey" in scheme["reason"]
+    assert (plans["sam"]["input_channels"], plans["sam"]["input_channel_mode"]) == ([0], "replicate")
+    out = {k: normalize_channel(np.asarray(Image.open(folder / "imagesTr" / f"{k}_0000.png"), np.float32), scheme)
+           for k in images}
+    interior = (slice(1, None), slice(None))  # away from the artefact row
+    assert out["dark"].max() <= 1.0 and out["dark"][interior].mean() > 0.4  # Rescale255 would give ~0.11
+    assert np.abs(out["dark"][interior] - out["bright"][interior]).mean() < 0.03

@@ -67,3 +67,18 @@ def test_jitter_respects_both_bounds():
     out = slice_boxes("gt_box", None, (two_lungs() > 0).astype(int), [1], {**PROMPTING, "box_jitter_px": [2, 2]},
                       rng=np.random.default_rng(1))
     assert out[1].tolist() == [3, 8, 61, 58]  # tight box of all parts (speck included), grown by 2
+
+
+def test_an_unsure_stage1_falls_back_to_its_own_mask_threshold():
+    prompting = dict(PROMPTING, theta1=0.75, theta1_fallback=0.5)
+    unsure = two_lungs()[None] * 0.6  # the object is there, but nowhere above theta1
+    sets = slice_box_sets("auto", unsure, None, [1], prompting)
+    assert [b.tolist() for b in sets[1]] == [[35, 12, 59, 43], [5, 10, 24, 39]]
+    # without the key (plans written before it) or with nothing above the fallback either: no box
+    assert slice_box_sets("auto", unsure, None, [1], dict(PROMPTING, theta1=0.75)) == {}
+    assert slice_box_sets("auto", two_lungs()[None] * 0.4, None, [1], prompting) == {}
+    # a confident component keeps theta1's rule: the unsure one beside it gets no box of its own
+    mixed = two_lungs() * 0.6
+    mixed[12:44, 35:60] = 0.9
+    sets = slice_box_sets("auto", mixed[None], None, [1], prompting)
+    assert [b.tolist() for b in sets[1]] == [[35, 12, 59, 43]]
