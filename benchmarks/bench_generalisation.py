@@ -10,13 +10,16 @@ default time budget, then print one table: Dice and NSD on the held-out domain f
   (stored in the checkpoint when the choice kept the original one),
 - ``--with_promise``: ProMISeTrainer on the same fold and budget,
 
-and the wall time of each stage. ``--second_check`` runs the tiny ``multisite_slices``
-prostate set (6 sites, 2 slices each; train on one site) as a smoke-level second check.
+and the wall time of each stage. ``--second_check``: prostate MRI across sites instead — train on
+the 6 RUNMC volumes of ``prostate_runmc6`` (cut into 2D slices, 8-bit PNG), test on the real 2D
+slices of ``multisite_slices`` from 5 other sites (BIDMC, BMC, HK, I2CVB, UCL; 2 slices each) and on
+2 RUNMC slices as that collection prepared them (``RUNMCms``), with a table per test site. Only 12
+test slices: a check that catches failures (a site at Dice 0), not a measure of small differences.
 
 Usage (2 CPU cores: ~30 min per chain)::
 
     python benchmarks/bench_generalisation.py --work /tmp/bench_gen
-    python benchmarks/bench_generalisation.py --work /tmp/bench_gen --second_check
+    python benchmarks/bench_generalisation.py --work /tmp/bench_gen_prostate --second_check --time_budget 15m
 
 Numbers depend on the CPU (throughput decides the sized schedule); the table says which CPU.
 """
@@ -53,22 +56,70 @@ def setup_roots(work: Path) -> None:
         os.environ[f"SAMUNET_{k}"] = str(work / k)
 
 
-def prepare(source: Path, dataset_id: int, name: str, invert: bool) -> None:
+def prepare(source: Path, dataset_id: int, name: str, invert: bool, group_pattern: str | None = None) -> None:
     from samunet.dataset_conversion.convert_2d_folder import convert_2d_folder
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from samunet.paths import preprocessed_root
 
     if not any(Path(os.environ["SAMUNET_raw"]).glob(f"Dataset{dataset_id:03d}_*")):
-        convert_2d_folder(source, dataset_id, name, invert_masks=invert)
+        convert_2d_folder(source, dataset_id, name, invert_masks=invert, group_pattern=group_pattern)
     if not any(preprocessed_root().glob(f"Dataset{dataset_id:03d}_*/plans.json")):
         plan_and_preprocess(dataset_id, num_processes=2)
+
+
+def prostate_sites_source(shared: Path, out: Path) -> Path:
+    """2D folders for the prostate check: ``RUNMC/`` from the volumes of ``prostate_runmc6`` (every
+    axial slice, per-volume 99.5th-percentile scaling to 8 bit, 384², anterior up as in the
+    multisite slices, whole gland = label > 0), and one folder per site of ``multisite_slices``
+    (its masks inverted back: prostate = 0 there). Written once; returns ``out``."""
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    if (out / "done").is_file():
+        return out
+    vols = shared / "prostate_runmc6"
+    for d in ("images", "masks"):
+        (out / "RUNMC" / d).mkdir(parents=True, exist_ok=True)
+    for img_file in sorted((vols / "images").glob("*.nii.gz")):
+        case = img_file.name[: -len(".nii.gz")]
+        img = np.asarray(nib.load(img_file).dataobj, dtype=np.float32)
+        seg = np.asarray(nib.load(vols / "masks" / f"{case}_Segmentation.nii.gz").dataobj) > 0
+        img = np.clip(img / np.percentile(img, 99.5) * 255, 0, 255)
+        for z in range(img.shape[2]):
+            name = f"{case}_{z:02d}.png"
+            Image.fromarray(np.rot90(img[:, :, z], -1).astype(np.uint8)).resize((384, 384), Image.BILINEAR).save(
+                out / "RUNMC" / "images" / name)
+            Image.fromarray((np.rot90(seg[:, :, z], -1) * 255).astype(np.uint8)).resize(
+                (384, 384), Image.NEAREST).save(out / "RUNMC" / "masks" / name)
+    sites = shared / "multisite_slices" / "ProstateSlice"
+    for site in sorted(p.name for p in sites.iterdir() if p.is_dir()):
+        dest = out / ("RUNMCms" if site == "RUNMC" else site)
+        for d in ("images", "masks"):
+            (dest / d).mkdir(parents=True, exist_ok=True)
+        for part in ("train", "test"):  # pair by folder: I2CVB/train's image and mask differ in name
+            (image,) = sorted((sites / site / part / "image").glob("*.png"))
+            (mask,) = sorted((sites / site / part / "mask").glob("*.png"))
+            Image.open(image).save(dest / "images" / f"{part}.png")
+            Image.fromarray(((np.asarray(Image.open(mask)) == 0) * 255).astype(np.uint8)).save(
+                dest / "masks" / f"{part}.png")
+    (out / "done").write_text("ok\n")
+    return out
 
 
 def summary(folder: Path) -> dict:
     f = folder / "summary.json"
     if not f.is_file():
         return {}
-    return json.loads(f.read_text())["foreground_mean"]
+    return row(json.loads(f.read_text()))
+
+
+def row(s: dict | None) -> dict:
+    """A table row from an evaluation summary: foreground-mean Dice/NSD, and Dice per domain when
+    the test cases come from several."""
+    s = s or {}
+    per_domain = {d: v["foreground_mean"].get("Dice") for d, v in (s.get("per_domain") or {}).items()}
+    return {**s.get("foreground_mean", {}), **({"per_domain": per_domain} if len(per_domain) > 1 else {})}
 
 
 def stage_seconds(folder: Path) -> float:
@@ -105,7 +156,7 @@ def decoder_rows(dataset_id: int, fold: str, out: Path, which: str, ckpt_state: 
     rows = {}
     for mode in ("auto", "full_box", "gt_box"):
         rows[mode] = predict_and_evaluate(t, t.split["test"], out / f"test_{which}_{mode}", mode, prompt=mode)
-    return {m: (r or {}).get("foreground_mean", {}) for m, r in rows.items()}
+    return {m: row(r) for m, r in rows.items()}
 
 
 def run_chain(dataset_id: int, fold: str, budget: str, extra: list[str]) -> dict:
@@ -148,6 +199,13 @@ def print_table(title: str, result: dict) -> None:
     for name, r in result["rows"].items():
         d, n = r.get("Dice"), r.get("NSD")
         print(f"| {name} | {'-' if d is None else f'{d:.3f}'} | {'-' if n is None else f'{n:.3f}'} |")
+    domains = sorted({d for r in result["rows"].values() for d in (r.get("per_domain") or {})})
+    if domains:
+        print(f"\n| Dice per unseen site | {' | '.join(domains)} |\n|---|{'---|' * len(domains)}")
+        for name, r in result["rows"].items():
+            if r.get("per_domain"):
+                cells = (r["per_domain"].get(d) for d in domains)
+                print(f"| {name} | {' | '.join('-' if c is None else f'{c:.3f}' for c in cells)} |")
     print("\n| stage | wall time |\n|---|---|")
     for name, s in result["times"].items():
         print(f"| {name} | {s:.0f} s |")
@@ -198,17 +256,18 @@ def main(argv=None) -> None:
     p.add_argument("--time_budget", default="auto", help="as samunet_train --time_budget (default: 30m on CPU)")
     p.add_argument("--with_resnet", action="store_true", help="also ResNetTrainer alone (same budget)")
     p.add_argument("--with_promise", action="store_true", help="also ProMISeTrainer (same budget)")
-    p.add_argument("--second_check", action="store_true", help="the tiny multisite_slices prostate check instead")
+    p.add_argument("--second_check", action="store_true",
+                   help="prostate across sites instead: train the RUNMC volumes, test 5 other sites' real slices")
     args = p.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"{args.data} not found: this benchmark needs ../shared/data beside the repository")
     setup_roots(args.work)
     extra = (["ResNetTrainer"] if args.with_resnet else []) + (["ProMISeTrainer"] if args.with_promise else [])
     if args.second_check:
-        src = args.data.parent / "multisite_slices" / "ProstateSlice"
-        prepare(src, 662, "ProstateSites", invert=True)
-        result = run_chain(662, "domain_RUNMC", args.time_budget, extra)
-        print_table("multisite_slices prostate, train RUNMC, test the 5 other sites", result)
+        src = prostate_sites_source(args.data.parent, args.work / "prostate_sites_source")
+        prepare(src, 663, "ProstateSites", invert=False, group_pattern=r"^(Case\d+|train|test)")
+        result = run_chain(663, "domain_RUNMC", args.time_budget, extra)
+        print_table("prostate: train the RUNMC volumes, test real slices of 5 other sites (+ RUNMCms)", result)
     else:
         prepare(args.data, 601, "PolypDev", invert=False)
         result = run_chain(601, args.fold, args.time_budget, extra)
