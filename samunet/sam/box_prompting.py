@@ -85,13 +85,14 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
                                                    slice_shape).items()}
     max_boxes, min_fraction, min_pixels = settings
     shape = fg_probs.shape[1:]
+    fallback = prompting.get("theta1_fallback")
+    fallback = float(fallback) if fallback is not None and float(fallback) < float(prompting["theta1"]) else None
     out = {}
     for i, label in enumerate(labels):
         boxes = component_boxes(fg_probs[i], prompting["theta1"], min_fraction, max_boxes, min_pixels)
-        fallback = prompting.get("theta1_fallback")
-        if not boxes and fallback is not None and float(fallback) < float(prompting["theta1"]):
+        if not boxes and fallback is not None:
             # an unsure stage 1 (an unseen site) may nowhere reach theta1 although its own mask is there
-            boxes = component_boxes(fg_probs[i], float(fallback), min_fraction, max_boxes, min_pixels)
+            boxes = component_boxes(fg_probs[i], fallback, min_fraction, max_boxes, min_pixels)
         if rng is not None:
             lo, hi = prompting["box_jitter_px"]
             boxes = [jitter_box(b, rng, int(hi), shape, min_shift=int(lo)) for b in boxes]
