@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from samunet.sam.prompts import (component_boxes, full_box, jitter_box, largest_component_box, mask_box,
-                                 unfiltered_box)
+                                 most_probable_component_box, unfiltered_box)
 
 PROMPT_MODES = ("auto", "gt_box", "full_box", "unfiltered_box")
 
@@ -73,12 +73,17 @@ def multi_box_settings(prompting: dict) -> tuple[int, float, int] | None:
 
 def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | None, labels: list[int],
                    prompting: dict, rng: np.random.Generator | None = None,
-                   slice_shape: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
+                   slice_shape: tuple[int, int] | None = None,
+                   present: frozenset | set | None = None) -> dict[int, np.ndarray]:
     """Like :func:`slice_boxes`, but ``{label: (n, 4) boxes}``: in ``auto`` mode one box per
     sizeable connected component (:func:`samunet.sam.prompts.component_boxes`) when the plan
     sets ``prompting.boxes_per_label``; every other mode gives one box per label. A label with no
     component above θ1 gets the components above ``prompting.theta1_fallback`` (plans that set it;
-    default 0.5, stage 1's own mask threshold) instead of no box."""
+    default 0.5, stage 1's own mask threshold) instead of no box. A label in ``present`` (one
+    known to be in this slice: e.g. in every training image of a 2D dataset) that still has no
+    box gets the box of stage 1's most probable region
+    (:func:`samunet.sam.prompts.most_probable_component_box`, at ``prompting.presence_relative``
+    of its peak)."""
     settings = multi_box_settings(prompting)
     if mode != "auto" or settings is None:
         return {l: b[None] for l, b in slice_boxes(mode, fg_probs, ref_slice, labels, prompting, rng,
@@ -93,12 +98,32 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
         if not boxes and fallback is not None:
             # an unsure stage 1 (an unseen site) may nowhere reach theta1 although its own mask is there
             boxes = component_boxes(fg_probs[i], fallback, min_fraction, max_boxes, min_pixels)
+        if not boxes and present and label in present:
+            box = most_probable_component_box(fg_probs[i], float(prompting.get("presence_relative", 0.5)))
+            boxes = [box] if box is not None else []
         if rng is not None:
             lo, hi = prompting["box_jitter_px"]
             boxes = [jitter_box(b, rng, int(hi), shape, min_shift=int(lo)) for b in boxes]
         if boxes:
             out[label] = np.stack(boxes)
     return out
+
+
+def labels_in_every_image(label_maps, labels) -> frozenset:
+    """The ``labels`` present in every one of ``label_maps`` (``(Z, Y, X)`` each, one per training
+    case), for the presence prior of :func:`slice_box_sets`. Empty when a map has more than one
+    slice: in 3D data a slice may hold no object although its volume does."""
+    present = set(int(l) for l in labels)
+    any_map = False
+    for seg in label_maps:
+        seg = np.asarray(seg)
+        if seg.ndim != 3 or seg.shape[0] != 1:
+            return frozenset()
+        any_map = True
+        present &= {l for l in present if (seg == l).any()}
+        if not present:
+            break
+    return frozenset(present) if any_map else frozenset()
 
 
 def component_target(label_mask: np.ndarray, box) -> np.ndarray:

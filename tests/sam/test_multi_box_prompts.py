@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from samunet.sam.box_prompting import component_target, multi_box_settings, slice_box_sets, slice_boxes
-from samunet.sam.prompts import component_boxes, jitter_box
+from samunet.sam.box_prompting import (component_target, labels_in_every_image, multi_box_settings, slice_box_sets,
+                                       slice_boxes)
+from samunet.sam.prompts import component_boxes, jitter_box, most_probable_component_box
 
 PROMPTING = {"theta1": 0.5, "mask_downsample_factor": 4, "box_jitter_px": [0, 0], "boxes_per_label": 4,
              "component_min_fraction": 0.2, "component_min_pixels": 4}
@@ -82,3 +83,42 @@ def test_an_unsure_stage1_falls_back_to_its_own_mask_threshold():
     mixed[12:44, 35:60] = 0.9
     sets = slice_box_sets("auto", mixed[None], None, [1], prompting)
     assert [b.tolist() for b in sets[1]] == [[35, 12, 59, 43]]
+
+
+def test_a_label_in_every_training_image_gets_the_box_of_its_most_probable_region():
+    prompting = dict(PROMPTING, theta1=0.75, theta1_fallback=0.5, presence_relative=0.5)
+    faint = np.zeros((1, 64, 64), dtype=np.float32)
+    faint[0, 10:20, 30:50] = 0.3  # the object: stage 1 is unsure, nowhere above either threshold
+    faint[0, 14, 40] = 0.4  # its peak
+    faint[0, 50:60, 5:10] = 0.1  # a weaker region elsewhere: below half the peak
+    assert slice_box_sets("auto", faint, None, [1], prompting) == {}  # no prior: no box, as before
+    sets = slice_box_sets("auto", faint, None, [1], prompting, present={1})
+    assert [b.tolist() for b in sets[1]] == [[30, 10, 49, 19]]
+    assert slice_box_sets("auto", faint, None, [1], prompting, present={2}) == {}  # another label's prior
+    assert slice_box_sets("auto", np.zeros((1, 8, 8)), None, [1], prompting, present={1}) == {}  # nothing at all
+    # a label stage 1 does find keeps the threshold rule
+    sure = two_lungs()[None] * 0.9
+    assert len(slice_box_sets("auto", sure, None, [1], prompting, present={1})[1]) == 2
+
+
+def test_most_probable_component_box():
+    p = np.zeros((20, 20))
+    p[2:5, 2:6] = 0.2
+    p[10:15, 12:18] = 0.3
+    p[12, 14] = 0.35
+    assert most_probable_component_box(p, 0.5).tolist() == [12, 10, 17, 14]
+    assert most_probable_component_box(p, 0.5 * 0.2 / 0.35).tolist() == [12, 10, 17, 14]  # still apart
+    assert most_probable_component_box(np.zeros((4, 4))) is None
+    with pytest.raises(ValueError):
+        most_probable_component_box(p, 0.0)
+
+
+def test_labels_in_every_image_only_for_2d_cases():
+    a = np.zeros((1, 8, 8), dtype=np.uint8)
+    a[0, 1, 1], a[0, 5, 5] = 1, 2
+    b = np.zeros((1, 8, 8), dtype=np.uint8)
+    b[0, 2, 2] = 1  # no label 2
+    assert labels_in_every_image([a, b], [1, 2]) == {1}
+    assert labels_in_every_image([a, a], [1, 2]) == {1, 2}
+    assert labels_in_every_image([a, np.zeros((3, 8, 8))], [1, 2]) == frozenset()  # a volume: off
+    assert labels_in_every_image([], [1]) == frozenset()

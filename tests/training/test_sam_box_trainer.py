@@ -188,3 +188,47 @@ def test_stage1_choice_is_validated(small_planned):
         SAMBoxTrainer(653, "domain_A", device="cpu", stage1="NoSuchTrainer")._stage1_class()
     with pytest.raises(ValueError, match="stage-1 trainer"):
         SAMBoxTrainer(653, "domain_A", device="cpu", stage1="SAMBoxTrainer_GTBoxes")._stage1_class()
+
+
+def test_presence_prior_on_2d_cases_and_in_the_checkpoint(samunet_roots):
+    """Single-slice cases that all hold the label: a test image where stage 1 is unsure everywhere
+    still gets a box (its most probable region); 3D volumes, and plans without the key, do not."""
+    from conftest import make_synthetic_raw
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+    make_synthetic_raw(samunet_roots["raw"], dataset_id=657, n_cases=4, shape=(1, 64, 64))
+    plan_and_preprocess(657, num_processes=1)
+    t = SAMBoxTrainer(657, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                      stage1_epochs=1, stage1_iters=1, oof_folds=0)
+    t.ensure_stage1()
+    t.initialize()
+    t.make_datasets()
+    assert t.always_present == {1}
+    case = t.split["test"][0]
+    data, _, _ = load_preprocessed_case(t.data_folder, case)
+    assert data.shape[1] == 1
+    faint = np.zeros((2, *data.shape[1:]), dtype=np.float32)
+    faint[1, 0, 20:30, 20:34] = 0.2  # unsure everywhere: nowhere above theta1 or the fallback
+    faint[0] = 1 - faint[1]
+    t.stage1.predict_preprocessed = lambda d, **kw: np.repeat(faint, d.shape[1], axis=1)
+    t.final_choice = None
+    used = []
+    t.predict_preprocessed(data, case, prompt="auto", prompts_out=used)
+    assert [u["box"] for u in used] == [[20, 20, 33, 29]]
+    # a volume is never prompted this way (a slice may lack the object its volume has)
+    used = []
+    t.predict_preprocessed(np.repeat(data, 3, axis=1), None, prompt="auto", prompts_out=used)
+    assert used == []
+    t.always_present = frozenset()
+    used = []
+    t.predict_preprocessed(data, case, prompt="auto", prompts_out=used)
+    assert used == []
+    # restored from the checkpoint
+    t.always_present = frozenset({1})
+    t.save("checkpoint_final.pth")
+    loaded = SAMBoxTrainer.from_checkpoint(t.output_folder / "checkpoint_final.pth", "cpu")
+    assert loaded.always_present == {1}
+    # plans without presence_prior: off
+    t.plans["prompting"].pop("presence_prior")
+    assert t.always_present_labels() == frozenset()

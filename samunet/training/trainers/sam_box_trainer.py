@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
-                                       slice_box_sets, slice_boxes)
+                                       labels_in_every_image, slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
@@ -110,6 +110,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             "stage1_trainer": type(self.stage1).__name__,
             "stage1_options": json.dumps(getattr(self.stage1, "options", {}) or {}),
             "final_choice": json.dumps(getattr(self, "final_choice", None)),
+            "always_present_labels": json.dumps(sorted(getattr(self, "always_present", ()))),
             # the adapted decoder when the validation choice kept the original one (else: the network)
             **({"adapted_decoder": self.adapted_decoder} if getattr(self, "adapted_decoder", None) else {}),
         }
@@ -130,6 +131,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             stage1.ensemble_members = members
         self.stage1 = stage1
         self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
+        self.always_present = frozenset(json.loads(checkpoint.get("always_present_labels", "[]")))
         self.adapted_decoder = checkpoint.get("adapted_decoder")  # kept when the choice took the original
         self.cache = None
 
@@ -141,6 +143,18 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         if network is not None:
             context["network"] = network
         return self.stage1.predict_preprocessed(data, **context)[1:]
+
+    def always_present_labels(self) -> frozenset:
+        """Labels in every training image of a 2D dataset (plan ``prompting.presence_prior``): where
+        stage 1 finds one nowhere, its most probable region still gets a box (3D data: none)."""
+        if not self.prompting.get("presence_prior"):
+            return frozenset()
+        present = labels_in_every_image((np.asarray(self._seg(c))[0] for c in self.split["train"]),
+                                        self.foreground_labels)
+        if present:
+            logger.info("labels in every training image: %s (a 2D image where stage 1 finds one nowhere gets the "
+                        "box of its most probable region)", sorted(present))
+        return present
 
     def _auto_boxes(self, probs_z: np.ndarray, rng=None) -> dict[int, np.ndarray]:
         return slice_box_sets("auto", probs_z, None, self.foreground_labels, self.prompting, rng)
@@ -232,6 +246,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         dist_utils.barrier()
         if isinstance(self.stage1, SAMTrainerMixin):  # one SAM and one cache for both stages
             self.stage1.sam, self.stage1.cache = self.sam, self.cache
+        self.always_present = self.always_present_labels()
         if hasattr(self.stage1, "build_flip_cache"):  # stage 1's test-time flipping on validation/test cases
             self.stage1.build_flip_cache(self.split["val"] + self.split.get("test", []), self.make_cache)
             dist_utils.barrier()
@@ -366,6 +381,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         probs = None if all_probs is None else all_probs[1:]
         rng = np.random.default_rng(self.seed if hasattr(self, "seed") else 0) \
             if self.prompting.get("test_time_box_jitter") else None
+        present = getattr(self, "always_present", None) if z_count == 1 else None  # 2D: one slice per case
         cache = getattr(self, "cache", None)
         use_cache = case is not None and cache is not None and cache.is_valid(case)
         for z in range(z_count):
@@ -373,7 +389,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             if user_boxes is not None:  # the user's boxes are this case's prompts
                 boxes = {int(l): np.asarray(b).reshape(-1, 4) for l, b in user_boxes.get(z, {}).items() if int(l) in fg}
             elif prompt == "auto":
-                boxes = slice_box_sets("auto", probs[:, z], None, fg, self.prompting, rng)
+                boxes = slice_box_sets("auto", probs[:, z], None, fg, self.prompting, rng, present=present)
             else:
                 boxes = {l: b[None] for l, b in slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg,
                                                             self.prompting, rng, slice_shape=(y, x)).items()}
