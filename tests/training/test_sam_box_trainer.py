@@ -142,10 +142,11 @@ def chain_planned(samunet_roots):
 
 
 @pytest.mark.learns
-def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chain_planned):
+def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chain_planned, monkeypatch):
     """EmbeddingHead stage 1 -> out-of-fold boxes -> decoder -> validation choice; on the other
     domain the automatic chain reaches a real Dice, and no training box came from a stage-1
     model that saw its case."""
+    monkeypatch.setattr(SAMBoxTrainer, "ENSEMBLE_MARGIN", 1.0)  # keep the heads' mean: it is checked below
     t = train(chain_planned, "domain_A", "SAMBoxTrainer", device="cpu", num_epochs=1, num_iterations=6,
               stage1_epochs=3, stage1_iters=15)
     assert type(t.stage1).__name__ == "EmbeddingHeadTrainer"
@@ -155,6 +156,7 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
     ckpt = torch.load(t.output_folder / "checkpoint_final.pth", map_location="cpu", weights_only=True)
     choice = json.loads(ckpt["final_choice"])
     assert choice["decoder"] in ("adapted", "original") and set(choice["labels"]) == {"1"}
+    assert {"stage1_ensemble", "stage1_single"} <= set(choice["validation_dice"])
     assert ckpt["stage1_trainer"] == "EmbeddingHeadTrainer"
     auto = json.loads((t.output_folder / "test" / "summary.json").read_text())["foreground_mean"]["Dice"]
     ref = json.loads((t.output_folder / "test_gt_box" / "summary.json").read_text())["foreground_mean"]["Dice"]

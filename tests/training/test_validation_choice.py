@@ -50,3 +50,39 @@ def test_adapted_chosen_stores_no_second_decoder_and_stage1_wins_a_label():
     fake = SimpleNamespace(stage1=SimpleNamespace(network=nn.Linear(1, 1), network_config=lambda: {}, options={}),
                            final_choice=choice, adapted_decoder=None)
     assert "adapted_decoder" not in SAMBoxTrainer.extra_checkpoint_state(fake)
+
+
+class _EnsembleChain(_Chain):
+    """Stage 1 worth ``ensemble`` as the mean of its heads and ``single`` as the fold's head alone."""
+
+    def __init__(self, ensemble: float, single: float):
+        super().__init__(adapted=0.8, original=0.6, stage1_dice=0.0)
+        self.stage1 = SimpleNamespace(ensemble_members=[nn.Linear(1, 1), nn.Linear(1, 1)], network=nn.Linear(1, 1),
+                                      network_config=lambda: {}, options={})
+        self.dice_of = {True: ensemble, False: single}
+
+    def _validation_dice(self, cases, use_stage1=False):
+        if use_stage1:
+            return {1: self.dice_of[bool(self.stage1.ensemble_members)]}
+        return super()._validation_dice(cases)
+
+
+def test_stage1_ensemble_kept_unless_the_single_head_validates_clearly_better():
+    t = _EnsembleChain(ensemble=0.78, single=0.79)  # within the margin: the ensemble stays
+    choice = t.choose_on_validation()
+    assert len(t.stage1.ensemble_members) == 2
+    assert choice["validation_dice"]["stage1_ensemble"] == {1: 0.78}
+    assert choice["validation_dice"]["stage1_single"] == {1: 0.79}
+    assert choice["validation_dice"]["stage1"] == {1: 0.78}  # the per-label choice saw the ensemble
+
+    t = _EnsembleChain(ensemble=0.70, single=0.79)  # e.g. out-of-fold heads that saw 3 volumes each
+    choice = t.choose_on_validation()
+    assert t.stage1.ensemble_members == []
+    assert choice["validation_dice"]["stage1"] == {1: 0.79}
+    fake = SimpleNamespace(stage1=t.stage1, final_choice=choice, adapted_decoder=None)
+    assert SAMBoxTrainer.extra_checkpoint_state(fake)["stage1_ensemble_weights"] == []  # predicts with one head
+
+
+def test_no_ensemble_no_ensemble_entries():
+    t = _Chain(adapted=0.8, original=0.6, stage1_dice=0.5)
+    assert "stage1_ensemble" not in t.choose_on_validation()["validation_dice"]
