@@ -234,3 +234,21 @@ def test_presence_prior_on_2d_cases_and_in_the_checkpoint(samunet_roots):
     # plans without presence_prior: off
     t.plans["prompting"].pop("presence_prior")
     assert t.always_present_labels() == frozenset()
+
+
+def test_in_sample_training_boxes_need_no_mirrored_encoder_pass(small_planned):
+    """Without out-of-fold heads the fold's own head gives the decoder's training boxes, like an
+    out-of-fold head would: one head, no test-time flipping (an encoder pass per training slice)."""
+    t = SAMBoxTrainer(653, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                      stage1_epochs=1, stage1_iters=1, oof_folds=0)
+    t.ensure_stage1()
+    t.initialize()
+    t.make_datasets()
+    assert t.stage1.test_time_flip
+
+    def no_mirrored_pass(*args, **kwargs):
+        raise AssertionError("training boxes encoded mirrored slices")
+
+    t.stage1.mirrored_embeddings_of = no_mirrored_pass
+    prompts = t.collect_prompts(t.split["train"], "stage1")
+    assert prompts and {p[0] for p in prompts} <= set(t.split["train"])

@@ -179,6 +179,10 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             probs = None
             if source != "gt":
                 net = (oof or {}).get(case, {}).get("network")
+                if net is None and getattr(self.stage1, "test_time_flip", False):
+                    # in-sample boxes as out-of-fold ones are made: one head, no mirrored slices (which
+                    # would cost an encoder pass per training slice; demo: 59 s of a 7-min budget)
+                    net = self.stage1.network
                 probs = self.stage1_fg_probs(data, case, net)
             for z in range(data.shape[1]):
                 found: dict[int, np.ndarray] = {}
