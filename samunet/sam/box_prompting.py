@@ -113,17 +113,12 @@ def labels_in_every_image(label_maps, labels) -> frozenset:
     """The ``labels`` present in every one of ``label_maps`` (``(Z, Y, X)`` each, one per training
     case), for the presence prior of :func:`slice_box_sets`. Empty when a map has more than one
     slice: in 3D data a slice may hold no object although its volume does."""
-    present = set(int(l) for l in labels)
-    any_map = False
-    for seg in label_maps:
-        seg = np.asarray(seg)
+    present, seen = {int(l) for l in labels}, False
+    for seg in map(np.asarray, label_maps):
         if seg.ndim != 3 or seg.shape[0] != 1:
             return frozenset()
-        any_map = True
-        present &= {l for l in present if (seg == l).any()}
-        if not present:
-            break
-    return frozenset(present) if any_map else frozenset()
+        present, seen = {l for l in present if (seg == l).any()}, True
+    return frozenset(present) if seen else frozenset()
 
 
 def component_target(label_mask: np.ndarray, box) -> np.ndarray:

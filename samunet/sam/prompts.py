@@ -114,8 +114,7 @@ def most_probable_component_box(prob: np.ndarray, relative: float = 0.5) -> Opti
     if not peak > 0.0:
         return None
     labels, _ = ndimage.label(p >= relative * peak, structure=np.ones((3, 3), dtype=bool))
-    ys, xs = np.nonzero(labels == labels[np.unravel_index(int(np.argmax(p)), p.shape)])
-    return _as_box(xs.min(), ys.min(), xs.max(), ys.max())
+    return mask_box(labels == labels[np.unravel_index(int(np.argmax(p)), p.shape)])
 
 
 def unfiltered_box(prob: np.ndarray, theta: float = 0.9) -> Optional[Box]:

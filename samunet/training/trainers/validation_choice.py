@@ -68,7 +68,7 @@ class ValidationChoiceMixin:
         if not cases:
             self.final_choice = None
             return {}
-        ensemble = self._choose_stage1_ensemble(cases)
+        ensemble = self._choose_stage1_ensemble(cases)  # {} without extra heads
         adapted = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
         d_adapted = self._validation_dice(cases)
         self.sam.mask_decoder.load_state_dict(self.pretrained_decoder)
@@ -80,7 +80,7 @@ class ValidationChoiceMixin:
         else:  # kept in the checkpoint, so the adapted decoder can still be measured (benchmarks)
             self.adapted_decoder = adapted
         d_sam = d_adapted if use_adapted else d_original
-        d_stage1 = self._validation_dice(cases, use_stage1=True)
+        d_stage1 = ensemble.pop("chosen", None) or self._validation_dice(cases, use_stage1=True)
         labels = {str(l): ("stage1" if d_stage1[l] > d_sam[l] else "sam") for l in self.foreground_labels}
         self.final_choice = {
             "decoder": "adapted" if use_adapted else "original", "labels": labels,
@@ -95,7 +95,8 @@ class ValidationChoiceMixin:
     def _choose_stage1_ensemble(self, cases: list[str]) -> dict:
         """Keep stage 1's ensemble (its heads' mean) unless the fold's head alone validates better by
         :attr:`ENSEMBLE_MARGIN` (mean Dice over labels); then the extra heads are dropped (and not
-        saved). Returns the two Dice ``{"stage1_ensemble": .., "stage1_single": ..}`` (empty: no ensemble)."""
+        saved). Returns the two Dice ``{"stage1_ensemble": .., "stage1_single": .., "chosen": ..}``
+        (empty: no ensemble)."""
         members = list(getattr(getattr(self, "stage1", None), "ensemble_members", None) or [])
         if not members:
             return {}
@@ -108,4 +109,5 @@ class ValidationChoiceMixin:
             self.stage1.ensemble_members = members
         logger.info("stage 1 at validation: %d heads' mean %s, the fold's head alone %s: %s", len(members) + 1,
                     _fmt(d_ensemble), _fmt(d_single), "the fold's head alone" if single_better else "the mean")
-        return {"stage1_ensemble": d_ensemble, "stage1_single": d_single}
+        return {"stage1_ensemble": d_ensemble, "stage1_single": d_single,
+                "chosen": d_single if single_better else d_ensemble}
