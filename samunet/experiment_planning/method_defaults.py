@@ -81,11 +81,12 @@ MULTI_BOX = {
     # another. Real prostate slices of 5 unseen sites: chain 0.26 -> 0.34 Dice (source validation
     # 0.74 -> 0.77); polyp_dev ClinicDB 0.758 -> 0.760 (2 seeds each). Plans without it: no fallback
     "theta1_fallback": 0.5,
-    # 2D data whose every training image holds a label (a polyp per frame, lungs per chest X-ray): a slice
-    # where stage 1 finds that label at neither threshold gets the box of its most probable region (the
-    # component above presence_relative x its peak) instead of none. polyp_dev ClinicDB (unseen centre),
-    # the chain's heads and LiteMedSAM's decoder: 0.765 -> 0.777 (2 of 128 frames had no box).
-    # Plans without it: off; 3D data or a training image without the label: off
+    # a label in every training case (a polyp per frame, lungs per chest X-ray, the prostate per MRI
+    # volume): a case where stage 1 finds it on no slice at neither threshold gets boxes around its most
+    # probable region (the component above presence_relative x its peak, across slices in a volume)
+    # instead of none. polyp_dev ClinicDB (unseen centre), the chain's heads and LiteMedSAM's decoder:
+    # 0.765 -> 0.777 (2 of 128 frames had no box). Plans without it: off; a training case without the
+    # label: off for that label
     "presence_prior": True,
     "presence_relative": 0.5,
 }

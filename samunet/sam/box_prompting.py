@@ -5,7 +5,8 @@ Modes (``--prompt``):
 - ``auto``: SAMMed's mask filtering: threshold stage-1 probabilities at θ1, then one box per
   sizeable connected component (``prompting.boxes_per_label``, ``component_min_fraction`` of
   the largest; :func:`slice_box_sets`; where nothing exceeds θ1, the components above
-  ``theta1_fallback``), or — plans without those keys, and
+  ``theta1_fallback``; :func:`case_box_sets`: a label in every training case that a case has on
+  no slice gets the boxes of stage 1's most probable region), or — plans without those keys, and
   :func:`slice_boxes` — the largest component of the downsampled mask only (SAMMed's rule);
 - ``unfiltered_box``: the box of every stage-1 pixel above 0.9 (SAMMed's "SAM + ResNet" row);
 - ``full_box``: the whole slice on every slice (SAMMed's "SAM + Full" row);
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from samunet.sam.prompts import (component_boxes, full_box, jitter_box, largest_component_box, mask_box,
-                                 most_probable_component_box, unfiltered_box)
+                                 most_probable_region, unfiltered_box)
 
 PROMPT_MODES = ("auto", "gt_box", "full_box", "unfiltered_box")
 
@@ -73,17 +74,12 @@ def multi_box_settings(prompting: dict) -> tuple[int, float, int] | None:
 
 def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray | None, labels: list[int],
                    prompting: dict, rng: np.random.Generator | None = None,
-                   slice_shape: tuple[int, int] | None = None,
-                   present: frozenset | set | None = None) -> dict[int, np.ndarray]:
+                   slice_shape: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """Like :func:`slice_boxes`, but ``{label: (n, 4) boxes}``: in ``auto`` mode one box per
     sizeable connected component (:func:`samunet.sam.prompts.component_boxes`) when the plan
     sets ``prompting.boxes_per_label``; every other mode gives one box per label. A label with no
     component above θ1 gets the components above ``prompting.theta1_fallback`` (plans that set it;
-    default 0.5, stage 1's own mask threshold) instead of no box. A label in ``present`` (one
-    known to be in this slice: e.g. in every training image of a 2D dataset) that still has no
-    box gets the box of stage 1's most probable region
-    (:func:`samunet.sam.prompts.most_probable_component_box`, at ``prompting.presence_relative``
-    of its peak)."""
+    default 0.5, stage 1's own mask threshold) instead of no box."""
     settings = multi_box_settings(prompting)
     if mode != "auto" or settings is None:
         return {l: b[None] for l, b in slice_boxes(mode, fg_probs, ref_slice, labels, prompting, rng,
@@ -98,9 +94,6 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
         if not boxes and fallback is not None:
             # an unsure stage 1 (an unseen site) may nowhere reach theta1 although its own mask is there
             boxes = component_boxes(fg_probs[i], fallback, min_fraction, max_boxes, min_pixels)
-        if not boxes and present and label in present:
-            box = most_probable_component_box(fg_probs[i], float(prompting.get("presence_relative", 0.5)))
-            boxes = [box] if box is not None else []
         if rng is not None:
             lo, hi = prompting["box_jitter_px"]
             boxes = [jitter_box(b, rng, int(hi), shape, min_shift=int(lo)) for b in boxes]
@@ -109,14 +102,35 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
     return out
 
 
-def labels_in_every_image(label_maps, labels) -> frozenset:
+def case_box_sets(fg_probs: np.ndarray, labels: list[int], prompting: dict, rng: np.random.Generator | None = None,
+                  present: frozenset | set | None = None) -> list[dict[int, np.ndarray]]:
+    """The automatic boxes of every slice of a case (``fg_probs`` ``(K_fg, Z, Y, X)``): one
+    :func:`slice_box_sets` per slice. The presence prior: a label in ``present`` (one in every
+    training case, so in this case too) that got a box on no slice gets, on each slice it spans,
+    the box of stage 1's most probable region (:func:`samunet.sam.prompts.most_probable_region`
+    at ``prompting.presence_relative`` of the case's peak; connected across slices in a volume).
+    Where stage 1 found the label on any slice nothing changes."""
+    sets = [slice_box_sets("auto", fg_probs[:, z], None, labels, prompting, rng) for z in range(fg_probs.shape[1])]
+    if not present or multi_box_settings(prompting) is None:
+        return sets
+    for i, label in enumerate(labels):
+        if label not in present or any(label in s for s in sets):
+            continue
+        region = most_probable_region(fg_probs[i], float(prompting.get("presence_relative", 0.5)))
+        for z in ([] if region is None else np.flatnonzero(region.any(axis=(1, 2)))):
+            box = mask_box(region[z])
+            if rng is not None:
+                lo, hi = prompting["box_jitter_px"]
+                box = jitter_box(box, rng, int(hi), region.shape[1:], min_shift=int(lo))
+            sets[z][label] = np.asarray(box)[None]
+    return sets
+
+
+def labels_in_every_case(label_maps, labels) -> frozenset:
     """The ``labels`` present in every one of ``label_maps`` (``(Z, Y, X)`` each, one per training
-    case), for the presence prior of :func:`slice_box_sets`. Empty when a map has more than one
-    slice: in 3D data a slice may hold no object although its volume does."""
+    case: an image or a volume), for the presence prior of :func:`case_box_sets`."""
     present, seen = {int(l) for l in labels}, False
     for seg in map(np.asarray, label_maps):
-        if seg.ndim != 3 or seg.shape[0] != 1:
-            return frozenset()
         present, seen = {l for l in present if (seg == l).any()}, True
     return frozenset(present) if seen else frozenset()
 

@@ -101,20 +101,21 @@ def component_boxes(prob: np.ndarray, theta1: float = 0.75, min_fraction: float 
     return boxes
 
 
-def most_probable_component_box(prob: np.ndarray, relative: float = 0.5) -> Optional[Box]:
-    """The box of the 8-connected component of ``prob >= relative * prob.max()`` that holds the
-    most probable pixel: where a label must be somewhere, the region stage 1 rates likeliest
-    however unsure it is. None when ``prob`` is zero everywhere."""
+def most_probable_region(prob: np.ndarray, relative: float = 0.5) -> Optional[np.ndarray]:
+    """The connected region of ``prob >= relative * prob.max()`` that holds the most probable
+    element (8-connected in a slice, 26-connected in a volume), as a boolean mask: where a label
+    must be somewhere, the region stage 1 rates likeliest however unsure it is. None when
+    ``prob`` is zero everywhere."""
     p = np.asarray(prob)
-    if p.ndim != 2:
-        raise ValueError(f"prob must be 2D, got shape {p.shape}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"prob must be a slice (Y, X) or a volume (Z, Y, X), got shape {p.shape}")
     if not 0.0 < relative <= 1.0:
         raise ValueError(f"relative must be in (0, 1], got {relative}")
     peak = float(p.max()) if p.size else 0.0
     if not peak > 0.0:
         return None
-    labels, _ = ndimage.label(p >= relative * peak, structure=np.ones((3, 3), dtype=bool))
-    return mask_box(labels == labels[np.unravel_index(int(np.argmax(p)), p.shape)])
+    labels, _ = ndimage.label(p >= relative * peak, structure=np.ones((3,) * p.ndim, dtype=bool))
+    return labels == labels[np.unravel_index(int(np.argmax(p)), p.shape)]
 
 
 def unfiltered_box(prob: np.ndarray, theta: float = 0.9) -> Optional[Box]:

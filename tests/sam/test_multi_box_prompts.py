@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from samunet.sam.box_prompting import (component_target, labels_in_every_image, multi_box_settings, slice_box_sets,
-                                       slice_boxes)
-from samunet.sam.prompts import component_boxes, jitter_box, most_probable_component_box
+from samunet.sam.box_prompting import (case_box_sets, component_target, labels_in_every_case, multi_box_settings,
+                                       slice_box_sets, slice_boxes)
+from samunet.sam.prompts import component_boxes, jitter_box, mask_box, most_probable_region
 
 PROMPTING = {"theta1": 0.5, "mask_downsample_factor": 4, "box_jitter_px": [0, 0], "boxes_per_label": 4,
              "component_min_fraction": 0.2, "component_min_pixels": 4}
@@ -87,38 +87,68 @@ def test_an_unsure_stage1_falls_back_to_its_own_mask_threshold():
 
 def test_a_label_in_every_training_image_gets_the_box_of_its_most_probable_region():
     prompting = dict(PROMPTING, theta1=0.75, theta1_fallback=0.5, presence_relative=0.5)
-    faint = np.zeros((1, 64, 64), dtype=np.float32)
-    faint[0, 10:20, 30:50] = 0.3  # the object: stage 1 is unsure, nowhere above either threshold
-    faint[0, 14, 40] = 0.4  # its peak
-    faint[0, 50:60, 5:10] = 0.1  # a weaker region elsewhere: below half the peak
-    assert slice_box_sets("auto", faint, None, [1], prompting) == {}  # no prior: no box, as before
-    sets = slice_box_sets("auto", faint, None, [1], prompting, present={1})
-    assert [b.tolist() for b in sets[1]] == [[30, 10, 49, 19]]
-    assert slice_box_sets("auto", faint, None, [1], prompting, present={2}) == {}  # another label's prior
-    assert slice_box_sets("auto", np.zeros((1, 8, 8)), None, [1], prompting, present={1}) == {}  # nothing at all
+    faint = np.zeros((1, 1, 64, 64), dtype=np.float32)  # (K_fg, Z, Y, X): one image
+    faint[0, 0, 10:20, 30:50] = 0.3  # the object: stage 1 is unsure, nowhere above either threshold
+    faint[0, 0, 14, 40] = 0.4  # its peak
+    faint[0, 0, 50:60, 5:10] = 0.1  # a weaker region elsewhere: below half the peak
+    assert case_box_sets(faint, [1], prompting) == [{}]  # no prior: no box, as before
+    sets = case_box_sets(faint, [1], prompting, present={1})
+    assert [b.tolist() for b in sets[0][1]] == [[30, 10, 49, 19]]
+    assert case_box_sets(faint, [1], prompting, present={2}) == [{}]  # another label's prior
+    assert case_box_sets(np.zeros((1, 1, 8, 8)), [1], prompting, present={1}) == [{}]  # nothing at all
     # a label stage 1 does find keeps the threshold rule
-    sure = two_lungs()[None] * 0.9
-    assert len(slice_box_sets("auto", sure, None, [1], prompting, present={1})[1]) == 2
+    sure = two_lungs()[None, None] * 0.9
+    assert len(case_box_sets(sure, [1], prompting, present={1})[0][1]) == 2
+    # plans without multi-box keys (SAMMed's rule) have no prior
+    legacy = {k: v for k, v in prompting.items() if k not in ("boxes_per_label", "component_min_fraction")}
+    assert case_box_sets(faint, [1], legacy, present={1}) == [{}]
 
 
-def test_most_probable_component_box():
+def test_presence_prior_in_a_volume_boxes_the_most_probable_region_on_every_slice_it_spans():
+    prompting = dict(PROMPTING, theta1=0.75, theta1_fallback=0.5, presence_relative=0.5)
+    vol = np.zeros((2, 5, 32, 32), dtype=np.float32)  # two labels, five slices
+    vol[0, 1:4, 8:16, 10:20] = 0.3  # label 1: faint on slices 1-3 ...
+    vol[0, 2, 8:12, 10:14] = 0.35  # ... widest at its peak slice
+    vol[0, 1, 20:24, 20:24] = 0.05  # below half the peak: no box
+    vol[1, 3, 4:12, 4:12] = 0.9  # label 2: found on slice 3
+    sets = case_box_sets(vol, [1, 2], prompting, present={1, 2})
+    assert [sorted(s) for s in sets] == [[], [1], [1], [1, 2], []]
+    assert all(sets[z][1].tolist() == [[10, 8, 19, 15]] for z in (1, 2, 3))
+    assert sets[3][2].tolist() == [[4, 4, 11, 11]]  # found: its own box only, nothing added elsewhere
+    # label 1 found on one slice (above theta1): the volume keeps the threshold rule
+    found = vol.copy()
+    found[0, 2, 8:12, 10:14] = 0.9
+    sets = case_box_sets(found, [1, 2], prompting, present={1, 2})
+    assert [sorted(s) for s in sets] == [[], [], [1], [2], []]
+    # not known to be present: no prior
+    assert [sorted(s) for s in case_box_sets(vol, [1, 2], prompting, present={2})] == [[], [], [], [2], []]
+
+
+def test_most_probable_region():
     p = np.zeros((20, 20))
     p[2:5, 2:6] = 0.2
     p[10:15, 12:18] = 0.3
     p[12, 14] = 0.35
-    assert most_probable_component_box(p, 0.5).tolist() == [12, 10, 17, 14]
-    assert most_probable_component_box(p, 0.5 * 0.2 / 0.35).tolist() == [12, 10, 17, 14]  # still apart
-    assert most_probable_component_box(np.zeros((4, 4))) is None
+    assert mask_box(most_probable_region(p, 0.5)).tolist() == [12, 10, 17, 14]
+    assert mask_box(most_probable_region(p, 0.5 * 0.2 / 0.35)).tolist() == [12, 10, 17, 14]  # still apart
+    assert most_probable_region(np.zeros((4, 4))) is None
+    diagonal = np.zeros((3, 4, 4))  # 26-connected across slices
+    diagonal[0, 0, 0], diagonal[1, 1, 1], diagonal[2, 2, 2], diagonal[2, 3, 0] = 1.0, 0.9, 0.8, 0.9
+    assert np.argwhere(most_probable_region(diagonal)).tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
     with pytest.raises(ValueError):
-        most_probable_component_box(p, 0.0)
+        most_probable_region(p, 0.0)
+    with pytest.raises(ValueError):
+        most_probable_region(np.zeros(5))
 
 
-def test_labels_in_every_image_only_for_2d_cases():
+def test_labels_in_every_case():
     a = np.zeros((1, 8, 8), dtype=np.uint8)
     a[0, 1, 1], a[0, 5, 5] = 1, 2
     b = np.zeros((1, 8, 8), dtype=np.uint8)
     b[0, 2, 2] = 1  # no label 2
-    assert labels_in_every_image([a, b], [1, 2]) == {1}
-    assert labels_in_every_image([a, a], [1, 2]) == {1, 2}
-    assert labels_in_every_image([a, np.zeros((3, 8, 8))], [1, 2]) == frozenset()  # a volume: off
-    assert labels_in_every_image([], [1]) == frozenset()
+    assert labels_in_every_case([a, b], [1, 2]) == {1}
+    assert labels_in_every_case([a, a], [1, 2]) == {1, 2}
+    volume = np.zeros((3, 8, 8), dtype=np.uint8)
+    volume[2, 4, 4] = 2  # a volume counts as one case: label 2 on one of its slices is enough
+    assert labels_in_every_case([a, volume], [1, 2]) == {2}
+    assert labels_in_every_case([], [1]) == frozenset()

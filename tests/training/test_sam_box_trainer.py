@@ -192,9 +192,9 @@ def test_stage1_choice_is_validated(small_planned):
         SAMBoxTrainer(653, "domain_A", device="cpu", stage1="SAMBoxTrainer_GTBoxes")._stage1_class()
 
 
-def test_presence_prior_on_2d_cases_and_in_the_checkpoint(samunet_roots):
-    """Single-slice cases that all hold the label: a test image where stage 1 is unsure everywhere
-    still gets a box (its most probable region); 3D volumes, and plans without the key, do not."""
+def test_presence_prior_on_images_and_volumes_and_in_the_checkpoint(samunet_roots):
+    """Cases that all hold the label: a test image (or volume) where stage 1 is unsure everywhere
+    still gets a box (on every slice of its most probable region); plans without the key do not."""
     from conftest import make_synthetic_raw
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from samunet.preprocessing.preprocessor import load_preprocessed_case
@@ -218,10 +218,18 @@ def test_presence_prior_on_2d_cases_and_in_the_checkpoint(samunet_roots):
     used = []
     t.predict_preprocessed(data, case, prompt="auto", prompts_out=used)
     assert [u["box"] for u in used] == [[20, 20, 33, 29]]
-    # a volume is never prompted this way (a slice may lack the object its volume has)
+    # a volume: the region spans its slices, each gets its box; once stage 1 finds the label on a
+    # slice, only the threshold rule speaks
     used = []
     t.predict_preprocessed(np.repeat(data, 3, axis=1), None, prompt="auto", prompts_out=used)
-    assert used == []
+    assert [(u["z"], u["box"]) for u in used] == [(z, [20, 20, 33, 29]) for z in range(3)]
+    found = np.repeat(faint, 3, axis=1)
+    found[1, 1, 40:50, 40:50], found[0, 1, 40:50, 40:50] = 0.9, 0.1
+    t.stage1.predict_preprocessed = lambda d, **kw: found
+    used = []
+    t.predict_preprocessed(np.repeat(data, 3, axis=1), None, prompt="auto", prompts_out=used)
+    assert [(u["z"], u["box"]) for u in used] == [(1, [40, 40, 49, 49])]
+    t.stage1.predict_preprocessed = lambda d, **kw: np.repeat(faint, d.shape[1], axis=1)
     t.always_present = frozenset()
     used = []
     t.predict_preprocessed(data, case, prompt="auto", prompts_out=used)

@@ -33,8 +33,8 @@ import time
 import numpy as np
 import torch
 
-from samunet.sam.box_prompting import (PROMPT_MODES, component_target, mask_to_low_res, multi_box_settings,
-                                       labels_in_every_image, slice_box_sets, slice_boxes)
+from samunet.sam.box_prompting import (PROMPT_MODES, case_box_sets, component_target, labels_in_every_case,
+                                       mask_to_low_res, multi_box_settings, slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
@@ -145,15 +145,15 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         return self.stage1.predict_preprocessed(data, **context)[1:]
 
     def always_present_labels(self) -> frozenset:
-        """Labels in every training image of a 2D dataset (plan ``prompting.presence_prior``): where
-        stage 1 finds one nowhere, its most probable region still gets a box (3D data: none)."""
+        """Labels in every training case, image or volume (plan ``prompting.presence_prior``): a
+        case where stage 1 finds one on no slice still gets boxes around its most probable region."""
         if not self.prompting.get("presence_prior"):
             return frozenset()
-        present = labels_in_every_image((np.asarray(self._seg(c))[0] for c in self.split["train"]),
-                                        self.foreground_labels)
+        present = labels_in_every_case((np.asarray(self._seg(c))[0] for c in self.split["train"]),
+                                       self.foreground_labels)
         if present:
-            logger.info("labels in every training image: %s (a 2D image where stage 1 finds one nowhere gets the "
-                        "box of its most probable region)", sorted(present))
+            logger.info("labels in every training case: %s (a case where stage 1 finds one on no slice gets boxes "
+                        "around its most probable region)", sorted(present))
         return present
 
     def _auto_boxes(self, probs_z: np.ndarray, rng=None) -> dict[int, np.ndarray]:
@@ -385,7 +385,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         probs = None if all_probs is None else all_probs[1:]
         rng = np.random.default_rng(self.seed if hasattr(self, "seed") else 0) \
             if self.prompting.get("test_time_box_jitter") else None
-        present = getattr(self, "always_present", None) if z_count == 1 else None  # 2D: one slice per case
+        auto_sets = case_box_sets(probs, fg, self.prompting, rng, getattr(self, "always_present", None)) \
+            if prompt == "auto" and user_boxes is None else None
         cache = getattr(self, "cache", None)
         use_cache = case is not None and cache is not None and cache.is_valid(case)
         for z in range(z_count):
@@ -393,7 +394,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             if user_boxes is not None:  # the user's boxes are this case's prompts
                 boxes = {int(l): np.asarray(b).reshape(-1, 4) for l, b in user_boxes.get(z, {}).items() if int(l) in fg}
             elif prompt == "auto":
-                boxes = slice_box_sets("auto", probs[:, z], None, fg, self.prompting, rng, present=present)
+                boxes = auto_sets[z]
             else:
                 boxes = {l: b[None] for l, b in slice_boxes(prompt, None if probs is None else probs[:, z], ref, fg,
                                                             self.prompting, rng, slice_shape=(y, x)).items()}
