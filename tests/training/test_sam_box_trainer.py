@@ -260,3 +260,25 @@ def test_in_sample_training_boxes_need_no_mirrored_encoder_pass(small_planned):
     t.stage1.mirrored_embeddings_of = no_mirrored_pass
     prompts = t.collect_prompts(t.split["train"], "stage1")
     assert prompts and {p[0] for p in prompts} <= set(t.split["train"])
+
+
+def test_stage1_budget_shares_what_encoding_left_and_warns_when_encoding_took_most(small_planned, caplog):
+    """Stage 1's models share ``stage1_time_share`` of the budget left after encoding and the
+    validation reserve; when encoding took more than half of it the log says so and what to do."""
+    import logging
+    import time
+
+    t = SAMBoxTrainer(653, "domain_A", device="cpu")
+    t.budget_start = time.perf_counter() - 100  # encoding took 100 s
+    with caplog.at_level(logging.INFO):
+        assert t.stage1_budget(1000.0, heads=4) == pytest.approx((850 - 100) * 0.5 / 4, abs=0.5)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert t.stage1_budget(200.0, heads=4) == pytest.approx((170 - 100) * 0.5 / 4, abs=0.5)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "encoding took 100 s of the 200 s" in warnings[0]
+        assert "--time_budget" in warnings[0]
+    t.budget_start = time.perf_counter() - 500  # nothing left: each stage trains its minimum
+    assert t.stage1_budget(200.0, heads=4) == 1.0
+    t.plans["sam"]["stage1_time_share"] = 1.0
+    with pytest.raises(ValueError, match="stage1_time_share"):
+        t.stage1_budget(1000.0, heads=1)

@@ -207,6 +207,25 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
     validation_reserve_fraction = 0.15  # three prompt modes on validation and test cases
     STAGE1_SHARE = 0.5  # plans without sam.stage1_time_share
 
+    def stage1_budget(self, budget: float, heads: int) -> float:
+        """Seconds for each of stage 1's ``heads`` models: ``sam.stage1_time_share`` of what the
+        budget has left after encoding (since ``budget_start``) and the validation reserve; the
+        decoder gets the rest. Nothing left (encoding took the budget): each stage trains its minimum."""
+        spent = time.perf_counter() - self.budget_start
+        left = budget * (1 - self.validation_reserve_fraction) - spent
+        share = float(self.chain_setting("stage1_time_share", self.STAGE1_SHARE))
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"plans.json sam.stage1_time_share must be between 0 and 1 (exclusive), got {share}: it "
+                             "is the share of the time budget left after encoding that stage 1 gets, the decoder the rest")
+        head_budget = max(max(left, 0.0) * share / heads, 1.0)
+        logger.info("time budget %.0f s: %.0f s left after encoding; stage 1 gets %.0f s per model (%d model%s), the "
+                    "decoder the rest", budget, left, head_budget, heads, "s" if heads > 1 else "")
+        if left < 0.5 * budget * (1 - self.validation_reserve_fraction):
+            logger.warning("encoding took %.0f s of the %.0f s time budget, so both stages train short schedules; a "
+                           "larger --time_budget trains longer (the embeddings are cached now: runs on this dataset "
+                           "spend no more time encoding them)", spent, budget)
+        return head_budget
+
     def run_training(self, resume: bool = False) -> None:
         budget = self.time_budget_s()
         if getattr(self, "stage1", None) is None and not self._stage1_ready():
@@ -221,17 +240,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                 if hasattr(cls, "build_caches"):  # e.g. appearance views: encoded before the clock is split
                     pre = self._stage1_instance(cls)
                     pre.build_caches()
-                left = budget * (1 - self.validation_reserve_fraction) - (time.perf_counter() - self.budget_start)
                 heads = 1 + (self._oof_folds() if hasattr(cls, "train_out_of_fold") else 0)
-                # nothing left (encoding took the budget): each stage then trains its minimum
-                share = float(self.chain_setting("stage1_time_share", self.STAGE1_SHARE))
-                if not 0.0 < share < 1.0:
-                    raise ValueError(f"plans.json sam.stage1_time_share must be between 0 and 1 (exclusive), got "
-                                     f"{share}: it is the share of the time budget left after encoding that stage 1 "
-                                     "gets, the decoder the rest")
-                head_budget = max(max(left, 0.0) * share / heads, 1.0)
-                logger.info("time budget %.0f s: %.0f s left after encoding; stage 1 gets %.0f s per model (%d "
-                            "model%s), the decoder the rest", budget, left, head_budget, heads, "s" if heads > 1 else "")
+                head_budget = self.stage1_budget(budget, heads)
             self.ensure_stage1(head_budget)
         else:
             self.ensure_stage1()  # before seeding, so the RNG streams do not depend on whether stage 1 ran here
