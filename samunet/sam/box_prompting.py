@@ -94,12 +94,18 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
         if not boxes and fallback is not None:
             # an unsure stage 1 (an unseen site) may nowhere reach theta1 although its own mask is there
             boxes = component_boxes(fg_probs[i], fallback, min_fraction, max_boxes, min_pixels)
-        if rng is not None:
-            lo, hi = prompting["box_jitter_px"]
-            boxes = [jitter_box(b, rng, int(hi), shape, min_shift=int(lo)) for b in boxes]
+        boxes = _jittered(boxes, rng, prompting, shape)
         if boxes:
             out[label] = np.stack(boxes)
     return out
+
+
+def _jittered(boxes: list, rng: np.random.Generator | None, prompting: dict, shape_hw) -> list:
+    """``boxes`` each grown by a random ``prompting.box_jitter_px`` per side (none without ``rng``)."""
+    if rng is None:
+        return boxes
+    lo, hi = prompting["box_jitter_px"]
+    return [jitter_box(b, rng, int(hi), shape_hw, min_shift=int(lo)) for b in boxes]
 
 
 def case_box_sets(fg_probs: np.ndarray, labels: list[int], prompting: dict, rng: np.random.Generator | None = None,
@@ -118,11 +124,7 @@ def case_box_sets(fg_probs: np.ndarray, labels: list[int], prompting: dict, rng:
             continue
         region = most_probable_region(fg_probs[i], float(prompting.get("presence_relative", 0.5)))
         for z in ([] if region is None else np.flatnonzero(region.any(axis=(1, 2)))):
-            box = mask_box(region[z])
-            if rng is not None:
-                lo, hi = prompting["box_jitter_px"]
-                box = jitter_box(box, rng, int(hi), region.shape[1:], min_shift=int(lo))
-            sets[z][label] = np.asarray(box)[None]
+            sets[z][label] = np.stack(_jittered([mask_box(region[z])], rng, prompting, region.shape[1:]))
     return sets
 
 
