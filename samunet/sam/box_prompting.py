@@ -137,6 +137,47 @@ def labels_in_every_case(label_maps, labels) -> frozenset:
     return frozenset(present) if seen else frozenset()
 
 
+def nested_label_depths(label_maps, labels, min_fraction: float = 0.5, slices_per_case: int = 64) -> dict[int, int]:
+    """How deep each of ``labels`` lies inside the others in ``label_maps`` (``(Z, Y, X)`` each,
+    the training cases): ``{label: depth}`` for the labels with depth >= 1.
+
+    SAM decodes each label from its own box, and a box around an outer label (a disc rim around
+    the optic cup, a liver around its tumour, the peripheral zone around the central gland) yields
+    the filled outer object, covering the inner label. Label ``b`` counts as nested in ``a`` when,
+    on the slices holding both, at least ``min_fraction`` of ``b``'s pixels lie inside ``a``'s
+    bounding box, and a larger fraction than of ``a``'s pixels inside ``b``'s box. Its depth is
+    the number of labels it is nested in; where several labels' masks overlap, the deepest wins
+    (:func:`samunet.training.class_probabilities.prefer_inner_labels_`). At most
+    ``slices_per_case`` evenly spaced slices of a volume are read."""
+    from scipy import ndimage
+
+    labels = [int(l) for l in labels]
+    if len(labels) < 2:
+        return {}
+    n = max(labels) + 1
+    inside = np.zeros((n, n))  # [a, b]: pixels of b inside a's box, on slices holding both
+    total = np.zeros((n, n))  # [a, b]: all pixels of b, on those slices
+    for seg in map(np.asarray, label_maps):
+        seg = seg[None] if seg.ndim == 2 else seg
+        for sl in seg[::max(1, -(-seg.shape[0] // slices_per_case))]:
+            sl = np.where((sl > 0) & (sl < n), sl, 0).astype(np.int32)
+            boxes = ndimage.find_objects(sl, max_label=n - 1)
+            present = [l for l in labels if boxes[l - 1] is not None]
+            if len(present) < 2:
+                continue
+            counts = np.bincount(sl.ravel(), minlength=n)
+            for a in present:
+                within = np.bincount(sl[boxes[a - 1]].ravel(), minlength=n)
+                for b in present:
+                    if b != a:
+                        inside[a, b] += within[b]
+                        total[a, b] += counts[b]
+    frac = np.divide(inside, total, out=np.zeros_like(inside), where=total > 0)
+    depths = {b: sum(1 for a in labels if a != b and frac[a, b] >= min_fraction and frac[a, b] > frac[b, a])
+              for b in labels}
+    return {b: d for b, d in depths.items() if d > 0}
+
+
 def component_target(label_mask: np.ndarray, box) -> np.ndarray:
     """The reference target of one box: the connected components of ``label_mask`` (8-connected)
     that overlap the box, whole (they may extend beyond it). Empty for a box on background,

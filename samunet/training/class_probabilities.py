@@ -83,6 +83,30 @@ def log_odds_to_probabilities_(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+def prefer_inner_labels_(scores: np.ndarray, depths: dict[int, int], margin: float = 0.01) -> np.ndarray:
+    """In place on ``scores`` as :func:`log_odds_to_probabilities_` takes them (channels ``1..``: each
+    label's log-odds against the background): where a label of nesting depth ``d`` (``depths``
+    ``{channel: depth}``, 0 when absent; :func:`samunet.sam.box_prompting.nested_label_depths`) is
+    above θ2 (log-odds > 0), every label of a lower depth is lowered below it, so the argmax is the
+    deepest label above θ2 and, among equally deep ones, the most probable. An inner label (the optic
+    cup inside the disc rim) then wins over the filled outer object SAM decodes from the outer
+    label's box. Returns ``scores``."""
+    if not depths or scores.shape[0] < 3:
+        return scores
+    s = scores[1:]
+    np.minimum(s, np.float32(MAX_LOG_ODDS), out=s)  # equal +inf log-odds would tie after the clip below
+    cap = None  # the highest log-odds of the deeper labels so far
+    for d in sorted({0, *depths.values()}, reverse=True):
+        level = [k for k in range(1, scores.shape[0]) if depths.get(k, 0) == d]
+        if cap is not None:
+            lowered = cap - np.float32(margin)
+            for k in level:
+                np.minimum(scores[k], lowered, out=scores[k], where=cap > 0)
+        for k in level:
+            cap = scores[k].copy() if cap is None else np.maximum(cap, scores[k], out=cap)
+    return scores
+
+
 def sigmoids_to_class_probabilities(p: np.ndarray, theta: float = 0.5) -> np.ndarray:
     """``(K_fg, ...)`` per-label sigmoid probabilities -> ``(K_fg + 1, ...)`` class probabilities
     (background first, summing to 1; see the module docstring)."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from samunet.sam.box_prompting import (case_box_sets, component_target, labels_in_every_case, multi_box_settings,
-                                       slice_box_sets, slice_boxes)
+                                       nested_label_depths, slice_box_sets, slice_boxes)
 from samunet.sam.prompts import component_boxes, jitter_box, mask_box, most_probable_region
 
 PROMPTING = {"theta1": 0.5, "mask_downsample_factor": 4, "box_jitter_px": [0, 0], "boxes_per_label": 4,
@@ -152,3 +152,30 @@ def test_labels_in_every_case():
     volume[2, 4, 4] = 2  # a volume counts as one case: label 2 on one of its slices is enough
     assert labels_in_every_case([a, volume], [1, 2]) == {2}
     assert labels_in_every_case([], [1]) == frozenset()
+
+
+def test_nested_label_depths():
+    """A cup inside a disc rim (fundus), a core inside a ring inside a ring, side-by-side organs."""
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    fundus = np.where(r < 10, 2, np.where(r < 20, 1, 0))  # 1 rim, 2 cup
+    assert nested_label_depths([fundus[None]] * 2, [1, 2]) == {2: 1}
+    three = np.where(r < 6, 3, np.where(r < 14, 2, np.where(r < 24, 1, 0)))
+    assert nested_label_depths([three], [1, 2, 3]) == {2: 1, 3: 2}
+    side = np.zeros((2, 40, 80), int)
+    side[:, 5:30, 5:35], side[:, 10:35, 45:75] = 1, 2
+    assert nested_label_depths([side], [1, 2]) == {}
+    # slices holding one label only say nothing; a single label has no nesting
+    assert nested_label_depths([np.stack([fundus == 1, fundus == 2]).astype(int) * [[[1]], [[2]]]], [1, 2]) == {}
+    assert nested_label_depths([fundus], [1]) == {}
+    # below min_fraction: a central gland half inside the peripheral zone's box is nested at 0.5, not at 0.8
+    half = np.zeros((1, 40, 40), int)
+    half[0, 20:30, 5:35] = 1  # the peripheral zone: a band below
+    half[0, 12:28, 10:30] = 2  # the central gland: 8 of its 16 rows inside the band's box
+    assert nested_label_depths([half], [1, 2], min_fraction=0.5) == {2: 1}
+    assert nested_label_depths([half], [1, 2], min_fraction=0.8) == {}
+    # ignore and outside-crop values are not labels
+    odd = fundus.copy()
+    odd[:3] = -1
+    odd[-3:] = 3
+    assert nested_label_depths([odd], [1, 2]) == {2: 1}

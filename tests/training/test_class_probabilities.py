@@ -4,8 +4,9 @@ argmax the θ2 rule; stage-1 softmax labels mix in exactly."""
 import numpy as np
 import pytest
 
-from samunet.training.class_probabilities import (log_odds_to_probabilities_, sigmoid_log_odds,
-                                                  sigmoids_to_class_probabilities, softmax_log_odds)
+from samunet.training.class_probabilities import (log_odds_to_probabilities_, prefer_inner_labels_,
+                                                  sigmoid_log_odds, sigmoids_to_class_probabilities,
+                                                  softmax_log_odds)
 
 
 def theta_rule(p: np.ndarray, theta: float) -> np.ndarray:
@@ -59,3 +60,41 @@ def test_softmax_labels_round_trip_exactly():
 def test_theta2_outside_zero_one_names_the_plan_key():
     with pytest.raises(ValueError, match="prompting.theta2 in plans.json"):
         sigmoids_to_class_probabilities(np.zeros((1, 1, 2, 2), np.float32), 1.0)
+
+
+def test_inner_labels_win_where_masks_overlap_and_nothing_else_changes():
+    """Label 2 nested in 1 (depth 1), label 3 in 2 (depth 2): wherever a deeper label is above θ2 it
+    is the argmax, whatever the outer labels' probabilities; elsewhere the θ2 rule is unchanged."""
+    rng = np.random.default_rng(2)
+    p = rng.random((3, 2, 30, 30)).astype(np.float32)
+    p[0, 0, :4] = 1.0  # saturated outer label: +inf log-odds must not tie with a saturated inner one
+    p[1, 0, :2] = 1.0
+    p[2, 0, :2] = 0.0
+    depths = {2: 1, 3: 2}
+    scores = np.zeros((4,) + p.shape[1:], np.float32)
+    sigmoid_log_odds(p, 0.5, out=scores[1:])
+    probs = log_odds_to_probabilities_(prefer_inner_labels_(scores, depths))
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    on = p > 0.5
+    expected = np.where(on[2], 3, np.where(on[1], 2, theta_rule(p[:1], 0.5)))
+    np.testing.assert_array_equal(probs.argmax(0), expected)
+    assert (probs.argmax(0)[0, :2] == 2).all()  # both saturated: the inner label
+    # the old rule differs here (the outer label was more probable): the change does something
+    assert (theta_rule(p, 0.5) != expected).any()
+    # no depths, one label: untouched
+    again = np.zeros_like(scores)
+    sigmoid_log_odds(p, 0.5, out=again[1:])
+    before = again.copy()
+    assert prefer_inner_labels_(again, {}) is again
+    np.testing.assert_array_equal(again, before)
+
+
+def test_equally_deep_labels_keep_the_most_probable_rule():
+    rng = np.random.default_rng(3)
+    p = rng.random((3, 1, 25, 25)).astype(np.float32)
+    scores = np.zeros((4,) + p.shape[1:], np.float32)
+    sigmoid_log_odds(p, 0.5, out=scores[1:])
+    probs = log_odds_to_probabilities_(prefer_inner_labels_(scores, {2: 1, 3: 1}))
+    on = p[1:] > 0.5
+    inner = np.where(on.any(0), 2 + np.argmax(np.where(on, p[1:], -1), 0), 0)
+    np.testing.assert_array_equal(probs.argmax(0), np.where(inner > 0, inner, theta_rule(p[:1], 0.5)))

@@ -282,3 +282,39 @@ def test_stage1_budget_shares_what_encoding_left_and_warns_when_encoding_took_mo
     t.plans["sam"]["stage1_time_share"] = 1.0
     with pytest.raises(ValueError, match="stage1_time_share"):
         t.stage1_budget(1000.0, heads=1)
+
+
+def test_nested_labels_the_deepest_wins_where_masks_overlap_and_the_checkpoint_keeps_it(samunet_roots):
+    """SAM fills an outer label's box: with label 2 inside label 1 in the training labels, label 2
+    wins where both masks are on (the most probable label won before); restored from the checkpoint;
+    plans without the key keep the old rule."""
+    from conftest import make_synthetic_raw
+    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
+
+    make_synthetic_raw(samunet_roots["raw"], dataset_id=658, n_cases=4, shape=(2, 48, 48), num_labels=2)
+    plan_and_preprocess(658, num_processes=1)
+    t = SAMBoxTrainer(658, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                      stage1_epochs=1, stage1_iters=1, oof_folds=0)
+    t.ensure_stage1()
+    t.initialize()
+    t.make_datasets()
+    assert t.label_depths() == {}  # the synthetic blob and square lie side by side
+    yy, xx = np.mgrid[:48, :48]
+    r = np.hypot(yy - 24, xx - 24)
+    disc = np.where(r < 6, 2, np.where(r < 14, 1, 0))[None, None].repeat(2, axis=1)  # rim 1 around cup 2
+    t._segs = {c: disc for c in t.split["train"]}
+    t._label_depths = None
+    assert t.label_depths() == {2: 1}
+
+    def decide(trainer):
+        scores = trainer.empty_label_scores((1, 1, 4, 4))
+        scores[1], scores[2] = 0.95, 0.8  # SAM's filled disc is surer than the cup
+        return trainer.class_probabilities(scores).argmax(0)
+
+    assert (decide(t) == 2).all()
+    t.save("checkpoint_final.pth")
+    loaded = SAMBoxTrainer.from_checkpoint(t.output_folder / "checkpoint_final.pth", "cpu")
+    assert loaded.label_depths() == {2: 1} and (decide(loaded) == 2).all()
+    t.plans["prompting"].pop("nesting_precedence")
+    t._label_depths = None
+    assert t.label_depths() == {} and (decide(t) == 1).all()

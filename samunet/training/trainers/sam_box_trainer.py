@@ -55,6 +55,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                          "stage1_time_share", "micro_batch_size"})
 
     plans_section = "sam"
+    box_prompted = True  # nested labels: the deepest wins where SAM's masks overlap (label_depths)
     wrap_in_ddp = False  # the decoder is used piecewise; gradients are averaged in train_step
     validation_prompt_modes = ["auto", "gt_box", "full_box"]
 
@@ -111,6 +112,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             "stage1_options": json.dumps(getattr(self.stage1, "options", {}) or {}),
             "final_choice": json.dumps(getattr(self, "final_choice", None)),
             "always_present_labels": json.dumps(sorted(getattr(self, "always_present", ()))),
+            **self.label_depths_state(),
             # the adapted decoder when the validation choice kept the original one (else: the network)
             **({"adapted_decoder": self.adapted_decoder} if getattr(self, "adapted_decoder", None) else {}),
         }
@@ -132,6 +134,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         self.stage1 = stage1
         self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
         self.always_present = frozenset(json.loads(checkpoint.get("always_present_labels", "[]")))
+        self.restore_label_depths(checkpoint)
         self.adapted_decoder = checkpoint.get("adapted_decoder")  # kept when the choice took the original
         self.cache = None
 

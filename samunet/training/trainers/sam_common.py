@@ -21,6 +21,8 @@ class SAMTrainerMixin:
     settings_section: str | None = None
     DEFAULTS: dict = {}
     OPTIONS = frozenset({"sam", "sam_checkpoint", "encoder_backend", "encoder_precision"})
+    # box prompts fill an outer label's box (:meth:`label_depths`); learned prompts learn the label itself
+    box_prompted = False
 
     @property
     def sam_name(self) -> str:
@@ -126,10 +128,46 @@ class SAMTrainerMixin:
         is the label above θ2 with the highest probability (background otherwise); see
         :mod:`samunet.training.class_probabilities`. ``softmax_labels`` ``{channel k: (K, Z, Y, X)
         softmax probabilities}`` (a stage-1 network's) take label ``k`` from those instead."""
-        from samunet.training.class_probabilities import (log_odds_to_probabilities_, sigmoid_log_odds,
-                                                          softmax_log_odds)
+        from samunet.training.class_probabilities import (log_odds_to_probabilities_, prefer_inner_labels_,
+                                                          sigmoid_log_odds, softmax_log_odds)
 
         sigmoid_log_odds(scores[1:], self.theta2, out=scores[1:])
         for k, probs in (softmax_labels or {}).items():
             scores[k] = softmax_log_odds(probs[[0, k]])[0]
+        channel = {label: i + 1 for i, label in enumerate(self.foreground_labels)}
+        prefer_inner_labels_(scores, {channel[l]: d for l, d in self.label_depths().items() if l in channel})
         return log_odds_to_probabilities_(scores)
+
+    def label_depths(self) -> dict[int, int]:
+        """``{label: nesting depth}`` (plan ``prompting.nesting_precedence``): where SAM's masks of
+        several labels overlap, the deepest label wins (the optic cup over the disc rim whose box SAM
+        fills). Measured from the fold's training labels on first use
+        (:func:`~samunet.sam.box_prompting.nested_label_depths`) and kept in checkpoints
+        (:meth:`label_depths_state`); plans without the key and older checkpoints: none (the most
+        probable label wins)."""
+        if getattr(self, "_label_depths", None) is None:
+            self._label_depths = {}
+            prompting = self.plans.get("prompting") or {}
+            split = getattr(self, "split", None) or {}
+            if (self.box_prompted and prompting.get("nesting_precedence") and split.get("train")
+                    and len(self.foreground_labels) > 1):
+                from samunet.sam.box_prompting import nested_label_depths
+
+                self._label_depths = nested_label_depths(
+                    (np.asarray(self._seg(c))[0] for c in split["train"]), self.foreground_labels,
+                    float(prompting.get("nesting_fraction", 0.5)))
+                if self._label_depths:
+                    logger.info("nested labels (depth): %s; where SAM's masks overlap, the deepest label wins",
+                                self._label_depths)
+        return self._label_depths
+
+    def label_depths_state(self) -> dict:
+        """The checkpoint entry of :meth:`label_depths`."""
+        import json
+
+        return {"label_depths": json.dumps({str(k): v for k, v in self.label_depths().items()})}
+
+    def restore_label_depths(self, checkpoint: dict) -> None:
+        import json
+
+        self._label_depths = {int(k): int(v) for k, v in json.loads(checkpoint.get("label_depths", "{}")).items()}
