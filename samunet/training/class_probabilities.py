@@ -83,14 +83,16 @@ def log_odds_to_probabilities_(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def prefer_inner_labels_(scores: np.ndarray, depths: dict[int, int], margin: float = 0.01) -> np.ndarray:
+def prefer_inner_labels_(scores: np.ndarray, depths: dict[int, int], fixed: frozenset = frozenset(),
+                         margin: float = 0.01) -> np.ndarray:
     """In place on ``scores`` as :func:`log_odds_to_probabilities_` takes them (channels ``1..``: each
     label's log-odds against the background): where a label of nesting depth ``d`` (``depths``
     ``{channel: depth}``, 0 when absent; :func:`samunet.sam.box_prompting.nested_label_depths`) is
     above θ2 (log-odds > 0), every label of a lower depth is lowered below it, so the argmax is the
     deepest label above θ2 and, among equally deep ones, the most probable. An inner label (the optic
     cup inside the disc rim) then wins over the filled outer object SAM decodes from the outer
-    label's box. Returns ``scores``."""
+    label's box. Channels in ``fixed`` (a stage-1 network's softmax labels, which never fill a box)
+    are not lowered, though they lower the outer labels. Returns ``scores``."""
     if not depths or scores.shape[0] < 3:
         return scores
     s = scores[1:]
@@ -101,7 +103,8 @@ def prefer_inner_labels_(scores: np.ndarray, depths: dict[int, int], margin: flo
         if cap is not None:
             lowered = cap - np.float32(margin)
             for k in level:
-                np.minimum(scores[k], lowered, out=scores[k], where=cap > 0)
+                if k not in fixed:
+                    np.minimum(scores[k], lowered, out=scores[k], where=cap > 0)
         for k in level:
             cap = scores[k].copy() if cap is None else np.maximum(cap, scores[k], out=cap)
     return scores

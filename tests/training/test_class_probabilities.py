@@ -98,3 +98,20 @@ def test_equally_deep_labels_keep_the_most_probable_rule():
     on = p[1:] > 0.5
     inner = np.where(on.any(0), 2 + np.argmax(np.where(on, p[1:], -1), 0), 0)
     np.testing.assert_array_equal(probs.argmax(0), np.where(inner > 0, inner, theta_rule(p[:1], 0.5)))
+
+
+def test_stage1_softmax_labels_are_never_lowered_but_lower_the_outer_ones():
+    """Every label from stage 1: exactly stage 1's probabilities. A SAM outer label around a stage-1
+    inner label still yields to it."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 2, (3, 1, 16, 16)).astype(np.float32)
+    soft = np.exp(logits) / np.exp(logits).sum(0)
+    scores = np.zeros_like(soft)
+    scores[1:] = softmax_log_odds(soft)
+    np.testing.assert_allclose(log_odds_to_probabilities_(prefer_inner_labels_(scores, {2: 1}, frozenset({1, 2}))),
+                               soft, atol=1e-6)
+    scores = np.zeros_like(soft)
+    scores[1] = sigmoid_log_odds(np.full((1, 16, 16), 0.99, np.float32), 0.5)  # SAM's filled outer label
+    scores[2] = softmax_log_odds(soft[[0, 2]])[0]  # the inner label from stage 1
+    label = log_odds_to_probabilities_(prefer_inner_labels_(scores, {2: 1}, frozenset({2}))).argmax(0)
+    np.testing.assert_array_equal(label, np.where(soft[2] > soft[0], 2, 1))

@@ -135,7 +135,8 @@ class SAMTrainerMixin:
         for k, probs in (softmax_labels or {}).items():
             scores[k] = softmax_log_odds(probs[[0, k]])[0]
         channel = {label: i + 1 for i, label in enumerate(self.foreground_labels)}
-        prefer_inner_labels_(scores, {channel[l]: d for l, d in self.label_depths().items() if l in channel})
+        prefer_inner_labels_(scores, {channel[l]: d for l, d in self.label_depths().items() if l in channel},
+                             frozenset(softmax_labels or ()))
         return log_odds_to_probabilities_(scores)
 
     def label_depths(self) -> dict[int, int]:
