@@ -35,7 +35,7 @@ def test_original_chosen_keeps_the_adapted_weights_for_the_checkpoint():
     assert t.sam.mask_decoder.weight.item() == torch.tensor(0.8).item()  # the network now holds the original
     assert t.adapted_decoder["weight"].item() == torch.tensor(0.6).item()  # ... and the adapted one is kept
     fake = SimpleNamespace(stage1=SimpleNamespace(network=nn.Linear(1, 1), network_config=lambda: {}, options={}),
-                           final_choice=choice, adapted_decoder=t.adapted_decoder)
+                           final_choice=choice, adapted_decoder=t.adapted_decoder, label_depths_state=lambda: {})
     state = SAMBoxTrainer.extra_checkpoint_state(fake)
     assert torch.equal(state["adapted_decoder"]["weight"], t.adapted_decoder["weight"])
     assert json.loads(state["final_choice"])["decoder"] == "original"
@@ -48,7 +48,7 @@ def test_adapted_chosen_stores_no_second_decoder_and_stage1_wins_a_label():
     assert t.sam.mask_decoder.weight.item() == torch.tensor(0.8).item()
     assert t.adapted_decoder is None
     fake = SimpleNamespace(stage1=SimpleNamespace(network=nn.Linear(1, 1), network_config=lambda: {}, options={}),
-                           final_choice=choice, adapted_decoder=None)
+                           final_choice=choice, adapted_decoder=None, label_depths_state=lambda: {})
     assert "adapted_decoder" not in SAMBoxTrainer.extra_checkpoint_state(fake)
 
 
@@ -79,7 +79,7 @@ def test_stage1_ensemble_kept_unless_the_single_head_validates_clearly_better():
     choice = t.choose_on_validation()
     assert t.stage1.ensemble_members == []
     assert choice["validation_dice"]["stage1"] == {1: 0.79}
-    fake = SimpleNamespace(stage1=t.stage1, final_choice=choice, adapted_decoder=None)
+    fake = SimpleNamespace(stage1=t.stage1, final_choice=choice, adapted_decoder=None, label_depths_state=lambda: {})
     assert SAMBoxTrainer.extra_checkpoint_state(fake)["stage1_ensemble_weights"] == []  # predicts with one head
 
 
