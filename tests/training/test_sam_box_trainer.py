@@ -192,20 +192,27 @@ def test_stage1_choice_is_validated(small_planned):
         SAMBoxTrainer(653, "domain_A", device="cpu", stage1="SAMBoxTrainer_GTBoxes")._stage1_class()
 
 
-def test_presence_prior_on_images_and_volumes_and_in_the_checkpoint(samunet_roots):
-    """Cases that all hold the label: a test image (or volume) where stage 1 is unsure everywhere
-    still gets a box (on every slice of its most probable region); plans without the key do not."""
+def _tiny_chain(samunet_roots, dataset_id: int, **raw) -> SAMBoxTrainer:
+    """A planned synthetic dataset (4 cases) and its domain_A chain, stage 1 trained one step, ready to predict."""
     from conftest import make_synthetic_raw
     from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
-    from samunet.preprocessing.preprocessor import load_preprocessed_case
 
-    make_synthetic_raw(samunet_roots["raw"], dataset_id=657, n_cases=4, shape=(1, 64, 64))
-    plan_and_preprocess(657, num_processes=1)
-    t = SAMBoxTrainer(657, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+    make_synthetic_raw(samunet_roots["raw"], dataset_id=dataset_id, n_cases=4, **raw)
+    plan_and_preprocess(dataset_id, num_processes=1)
+    t = SAMBoxTrainer(dataset_id, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
                       stage1_epochs=1, stage1_iters=1, oof_folds=0)
     t.ensure_stage1()
     t.initialize()
     t.make_datasets()
+    return t
+
+
+def test_presence_prior_on_images_and_volumes_and_in_the_checkpoint(samunet_roots):
+    """Cases that all hold the label: a test image (or volume) where stage 1 is unsure everywhere
+    still gets a box (on every slice of its most probable region); plans without the key do not."""
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+    t = _tiny_chain(samunet_roots, 657, shape=(1, 64, 64))
     assert t.always_present == {1}
     case = t.split["test"][0]
     data, _, _ = load_preprocessed_case(t.data_folder, case)
@@ -288,16 +295,7 @@ def test_nested_labels_the_deepest_wins_where_masks_overlap_and_the_checkpoint_k
     """SAM fills an outer label's box: with label 2 inside label 1 in the training labels, label 2
     wins where both masks are on (the most probable label won before); restored from the checkpoint;
     plans without the key keep the old rule."""
-    from conftest import make_synthetic_raw
-    from samunet.experiment_planning.plan_and_preprocess import plan_and_preprocess
-
-    make_synthetic_raw(samunet_roots["raw"], dataset_id=658, n_cases=4, shape=(2, 48, 48), num_labels=2)
-    plan_and_preprocess(658, num_processes=1)
-    t = SAMBoxTrainer(658, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
-                      stage1_epochs=1, stage1_iters=1, oof_folds=0)
-    t.ensure_stage1()
-    t.initialize()
-    t.make_datasets()
+    t = _tiny_chain(samunet_roots, 658, shape=(2, 48, 48), num_labels=2)
     assert t.label_depths() == {}  # the synthetic blob and square lie side by side
     yy, xx = np.mgrid[:48, :48]
     r = np.hypot(yy - 24, xx - 24)
