@@ -165,13 +165,10 @@ def nested_label_depths(label_maps, labels, min_fraction: float = 0.5, slices_pe
             present = [l for l in labels if boxes[l - 1] is not None]
             if len(present) < 2:
                 continue
-            counts = np.bincount(sl.ravel(), minlength=n)
+            idx = np.array(present)
+            total[np.ix_(idx, idx)] += np.bincount(sl.ravel(), minlength=n)[idx]  # (the diagonal is unused)
             for a in present:
-                within = np.bincount(sl[boxes[a - 1]].ravel(), minlength=n)
-                for b in present:
-                    if b != a:
-                        inside[a, b] += within[b]
-                        total[a, b] += counts[b]
+                inside[a, idx] += np.bincount(sl[boxes[a - 1]].ravel(), minlength=n)[idx]
     frac = np.divide(inside, total, out=np.zeros_like(inside), where=total > 0)
     depths = {b: sum(1 for a in labels if a != b and frac[a, b] >= min_fraction and frac[a, b] > frac[b, a])
               for b in labels}

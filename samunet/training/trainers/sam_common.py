@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -164,11 +165,7 @@ class SAMTrainerMixin:
 
     def label_depths_state(self) -> dict:
         """The checkpoint entry of :meth:`label_depths`."""
-        import json
-
         return {"label_depths": json.dumps({str(k): v for k, v in self.label_depths().items()})}
 
     def restore_label_depths(self, checkpoint: dict) -> None:
-        import json
-
         self._label_depths = {int(k): int(v) for k, v in json.loads(checkpoint.get("label_depths", "{}")).items()}
