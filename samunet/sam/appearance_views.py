@@ -20,7 +20,7 @@ from scipy import ndimage
 OPS = ("gin", "remap", "gamma_noise", "location_scale", "blur_lowres", "bias_field")
 # per-op probability of being drawn; these average ~2.3 ops per view
 OP_PROBS = {"gin": 0.4, "remap": 0.5, "gamma_noise": 0.4, "location_scale": 0.5,
-            "blur_lowres": 0.3, "bias_field": 0.3}
+            "blur_lowres": 0.3, "bias_field": 0.3, "colour_jitter": 1.0}
 
 
 def _curve(rng: np.random.Generator, n: int = 256) -> np.ndarray:
@@ -123,8 +123,31 @@ def gin(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(alpha * h + (1.0 - alpha) * x, 0.0, 1.0)
 
 
+def colour_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A camera's or a light source's change, natural colours kept: brightness x 0.7-1.3, contrast
+    x 0.7-1.3 around the mean, gamma 0.75-1.33 (log-uniform) and, for a colour image (3 channels
+    that differ), a gamma per channel, saturation x 0.6-1.4 and a hue rotation of up to +-18
+    degrees; ``(C, Y, X)`` in [0, 1]. A grey image stays grey."""
+    coloured = x.shape[0] == 3 and float(np.ptp(x, axis=0).max()) > 1e-3  # grey stored as RGB stays grey
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3)
+    x = np.clip(x, 0.0, 1.0) ** np.exp(rng.uniform(np.log(0.75), np.log(4 / 3), (x.shape[0] if coloured else 1, 1, 1)))
+    if coloured:
+        grey = x.mean(axis=0, keepdims=True)
+        x = grey + (x - grey) * rng.uniform(0.6, 1.4)
+        # hue: rotate the chroma around the grey axis (Rodrigues' formula with axis (1,1,1)/sqrt 3)
+        a = np.deg2rad(rng.uniform(-18.0, 18.0))
+        c, s = np.cos(a), np.sin(a)
+        k = np.ones((3, 3)) / 3.0
+        cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3.0)
+        rot = c * np.eye(3) + s * cross + (1 - c) * k
+        x = np.einsum("ij,jyx->iyx", rot, x)
+    return np.clip(x, 0.0, 1.0)
+
+
 _FUNCS = {"gin": gin, "remap": remap, "gamma_noise": gamma_noise, "location_scale": location_scale,
-          "blur_lowres": blur_lowres, "bias_field": bias_field}
+          "blur_lowres": blur_lowres, "bias_field": bias_field,
+          "colour_jitter": colour_jitter}
 
 
 def random_appearance(image: np.ndarray, rng: np.random.Generator, *, ops: tuple[str, ...] = OPS) -> np.ndarray:
@@ -151,8 +174,8 @@ def random_appearance(image: np.ndarray, rng: np.random.Generator, *, ops: tuple
     return np.clip(u * span + lo, lo, hi).astype(np.float32)
 
 
-def appearance_views(image: np.ndarray, k: int, seed: int) -> np.ndarray:
+def appearance_views(image: np.ndarray, k: int, seed: int, ops: tuple[str, ...] = OPS) -> np.ndarray:
     """``k`` appearance views ``(k, C, Y, X)`` float32 of one slice ``(C, Y, X)``; same seed, same views."""
     rng = np.random.default_rng(seed)
-    return np.stack([random_appearance(image, rng) for _ in range(k)]) if k > 0 else \
+    return np.stack([random_appearance(image, rng, ops=ops) for _ in range(k)]) if k > 0 else \
         np.zeros((0, *np.shape(image)), dtype=np.float32)

@@ -77,3 +77,40 @@ def test_non_monotonic_remaps_occur():
     steps = [np.diff(_curve(rng)) for _ in range(50)]
     assert any((s >= -1e-12).all() for s in steps)
     assert any((s > 1e-6).any() and (s < -1e-6).any() for s in steps)
+
+
+def test_colour_jitter_keeps_grey_grey_and_changes_colour():
+    from samunet.sam.appearance_views import colour_jitter
+
+    rng = np.random.default_rng(4)
+    grey = np.repeat(_slice(1), 3, axis=0)  # an RGB image without colour
+    for _ in range(10):
+        out = colour_jitter(grey.copy(), rng)
+        assert out.shape == grey.shape and 0.0 <= out.min() and out.max() <= 1.0
+        np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # no colour invented
+        np.testing.assert_allclose(out[0], out[2], atol=1e-6)
+    img = _slice(3)
+    img[0] *= 1.0  # red strongest, blue weakest: a colour cast to rotate and rescale
+    changed = [np.abs(colour_jitter(img.copy(), rng) - img).mean() for _ in range(20)]
+    assert np.mean(changed) > 0.01 and min(changed) > 1e-4
+    # the hue rotation is a rotation about the grey axis: it keeps each pixel's channel mean
+    a = np.deg2rad(17.0)
+    from samunet.sam import appearance_views as av
+
+    class FixedRng:  # brightness, contrast, gamma and saturation at their neutral values
+        def uniform(self, lo, hi, size=None):
+            if (lo, hi) == (-18.0, 18.0):
+                return np.rad2deg(a)
+            mid = 0.0 if lo < 0 else 1.0
+            return mid if size is None else np.full(size, mid)
+
+    out = av.colour_jitter(img.copy() * 0.5 + 0.25, FixedRng())
+    np.testing.assert_allclose(out.mean(axis=0), (img * 0.5 + 0.25).mean(axis=0), atol=1e-6)
+    assert np.abs(out - (img * 0.5 + 0.25)).max() > 1e-3
+
+
+def test_ops_restrict_the_views():
+    img = _slice(3)
+    a = appearance_views(img, 3, seed=2, ops=("colour_jitter",))
+    b = np.stack([random_appearance(img, r, ops=("colour_jitter",)) for r in [np.random.default_rng(2)] for _ in range(1)])
+    np.testing.assert_array_equal(a[:1], b)

@@ -88,6 +88,24 @@ def test_appearance_views_are_cached_beside_the_embeddings(head_planned):
     assert plain.shape == shifted.shape and not np.allclose(plain, shifted, atol=1e-2)
 
 
+def test_view_ops_choose_the_transforms_and_name_their_cache(head_planned):
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer, view_transform
+
+    t = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                             num_views=1, view_ops="colour_jitter,blur_lowres")
+    assert t.view_ops == ("colour_jitter", "blur_lowres")
+    data = np.random.default_rng(0).random((1, 2, 32, 32)).astype(np.float32)
+    only_blur = view_transform(1, 0, ("blur_lowres",))(data, "c")
+    assert not np.allclose(only_blur, view_transform(1, 0)(data, "c"))  # other ops, other view
+    np.testing.assert_array_equal(only_blur, view_transform(1, 0, ("blur_lowres",))(data, "c"))
+    t.plans["embedding_head"]["view_ops"] = ["blur_lowres"]  # the option wins over the plan
+    assert t.view_ops == ("colour_jitter", "blur_lowres")
+    bad = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                               view_ops="colour_jiter")
+    with pytest.raises(ValueError, match="colour_jiter.*choose from"):
+        bad.view_ops
+
+
 def test_scale_views_are_cached_and_their_targets_follow_the_zoom(head_planned):
     """A scale view's cached embedding is the encoder's reading of the zoomed slice, and its training
     target is the label slice zoomed the same way (foreground area scaled by the zoom squared)."""

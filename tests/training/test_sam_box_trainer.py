@@ -170,6 +170,15 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
         assert set(loaded.adapted_decoder) == set(ckpt["network_weights"])
     else:
         assert "adapted_decoder" not in ckpt and loaded.adapted_decoder is None
+    # the adapted decoder is halfway between the weights as trained (checkpoint_latest) and the pretrained ones
+    trained = torch.load(t.output_folder / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
+    trained = trained["network_weights"]
+    adapted = ckpt["adapted_decoder"] if choice["decoder"] == "original" else ckpt["network_weights"]
+    pretrained = t.make_sam().mask_decoder.state_dict()
+    moved = [k for k in trained if trained[k].is_floating_point() and not torch.equal(trained[k], pretrained[k])]
+    assert moved  # the decoder trained at all
+    for k in moved:
+        torch.testing.assert_close(adapted[k], 0.5 * trained[k] + 0.5 * pretrained[k], atol=1e-6, rtol=1e-5)
     # ... and the out-of-fold heads, whose mean with the fold's head gives the automatic boxes
     assert len(ckpt["stage1_ensemble_weights"]) == 2
     members = loaded.stage1.ensemble_members

@@ -86,3 +86,19 @@ def test_stage1_ensemble_kept_unless_the_single_head_validates_clearly_better():
 def test_no_ensemble_no_ensemble_entries():
     t = _Chain(adapted=0.8, original=0.6, stage1_dice=0.5)
     assert "stage1_ensemble" not in t.choose_on_validation()["validation_dice"]
+
+
+def test_decoder_interpolation_moves_the_trained_weights_towards_the_pretrained_ones():
+    t = _Chain(adapted=0.6, original=0.8, stage1_dice=0.7)
+    t.sam.mask_decoder.register_buffer("steps", torch.tensor([3]))  # not a weight: left alone
+    t.pretrained_decoder["steps"] = torch.tensor([0])
+    assert t.interpolate_decoder(1.0) is False and abs(t.sam.mask_decoder.weight.item() - 0.6) < 1e-7
+    assert t.interpolate_decoder(0.5) is True
+    assert abs(t.sam.mask_decoder.weight.item() - 0.7) < 1e-6 and t.sam.mask_decoder.steps.item() == 3
+    assert abs(t.pretrained_decoder["weight"].item() - 0.8) < 1e-7  # the reference is not touched
+    t.interpolate_decoder(0.0)
+    assert abs(t.sam.mask_decoder.weight.item() - 0.8) < 1e-7
+    import pytest
+
+    with pytest.raises(ValueError, match="decoder_interpolation"):
+        t.interpolate_decoder(1.5)

@@ -29,7 +29,7 @@ import torch
 
 from samunet.experiment_planning.splits import group_k_fold, group_members
 from samunet.networks.embedding_head import build_embedding_head
-from samunet.sam.appearance_views import random_appearance
+from samunet.sam.appearance_views import OP_PROBS, OPS, random_appearance
 from samunet.sam.box_prompting import mask_to_low_res
 from samunet.sam.embedding_cache import encode_volume
 from samunet.sam.embedding_lru import prediction_lru
@@ -43,16 +43,16 @@ from samunet.training.trainers.sam_common import SAMTrainerMixin
 logger = logging.getLogger(__name__)
 
 
-def view_transform(view: int, seed: int = 0):
+def view_transform(view: int, seed: int = 0, ops: tuple[str, ...] = OPS):
     """``transform(data (C, Z, Y, X), case) -> data``: appearance view ``view`` (1-based) of a
-    case, the same every time (seeded by view, case name and slice)."""
+    case made of ``ops``, the same every time (seeded by view, case name and slice)."""
 
     def transform(data: np.ndarray, case: str) -> np.ndarray:
         out = np.empty_like(data, dtype=np.float32)
         key = zlib.crc32(case.encode())
         for z in range(data.shape[1]):
             rng = np.random.default_rng([int(seed), int(view), key, z])
-            out[:, z] = random_appearance(np.asarray(data[:, z], dtype=np.float32), rng)
+            out[:, z] = random_appearance(np.asarray(data[:, z], dtype=np.float32), rng, ops=ops)
         return out
 
     return transform
@@ -89,13 +89,26 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
 
     plans_section = "embedding_head"
     settings_section = "embedding_head"
-    OPTIONS = frozenset({"num_views", "num_scale_views", "test_time_flip"})
+    OPTIONS = frozenset({"num_views", "view_ops", "num_scale_views", "test_time_flip"})
 
     # ---- configuration ------------------------------------------------------------
     @property
     def num_views(self) -> int:
         v = self.options.get("num_views")
         return int(v if v is not None else self.plans["embedding_head"].get("num_views", 0))
+
+    @property
+    def view_ops(self) -> tuple[str, ...]:
+        """The transforms appearance views draw from (plan ``embedding_head.view_ops``; trainer option
+        ``view_ops=a,b``; default all of :data:`OPS`)."""
+        v = self.options.get("view_ops")
+        v = v if v is not None else self.plans["embedding_head"].get("view_ops")
+        ops = tuple(v.split(",") if isinstance(v, str) else v) if v else OPS
+        unknown = [o for o in ops if o not in OP_PROBS]
+        if unknown:
+            raise ValueError(f"embedding_head.view_ops: unknown transform(s) {unknown}; choose from "
+                             f"{sorted(OP_PROBS)}")
+        return ops
 
     @property
     def num_scale_views(self) -> int:
@@ -149,8 +162,10 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         needed = self.split["train"] + self.split["val"] + self.split.get("test", [])
         self.cache.build(needed, self.sam, part=self.rank, num_parts=self.world_size)
         seed = self.view_seed
-        self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else ""),
-                                           view_transform(v, seed)) for v in range(1, self.num_views + 1)]
+        ops = self.view_ops
+        ops_tag = "" if ops == OPS else "_" + "+".join(ops)
+        self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else "") + ops_tag,
+                                           view_transform(v, seed, ops)) for v in range(1, self.num_views + 1)]
         lo, hi = self.scale_range
         self.scale_caches = [self.make_cache(f"scale{v}_{lo:g}-{hi:g}" + (f"_s{seed}" if seed else ""),
                                             scale_transform(v, seed, (lo, hi)))

@@ -19,6 +19,8 @@ Adapting the decoder without forgetting what SAM knew (plan ``sam`` section):
   (``oof_folds`` heads inside the training cases), so they are as good or bad as test boxes;
 - ``gt_box_fraction`` of the prompts are jittered reference boxes (what a user draws);
 - ``l2sp_weight``: an L2 pull towards the pretrained decoder weights;
+- ``decoder_interpolation``: after training, the decoder's weights are moved that fraction of the
+  way from the pretrained ones to the trained ones (WiSE-FT);
 - ``validation_choice``: on the fold's (source) validation cases the adapted decoder is kept
   only where it beats the original one with automatic boxes, and each label's final mask is
   SAM's or stage 1's, whichever validates better; the choice is stored in the checkpoint.
@@ -52,7 +54,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
 
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
                          "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble",
-                         "stage1_time_share", "micro_batch_size"})
+                         "stage1_time_share", "micro_batch_size", "decoder_interpolation"})
 
     plans_section = "sam"
     box_prompted = True  # nested labels: the deepest wins where SAM's masks overlap (label_depths)
@@ -248,9 +250,12 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             self.ensure_stage1(head_budget)
         else:
             self.ensure_stage1()  # before seeding, so the RNG streams do not depend on whether stage 1 ran here
-        super().run_training(resume)
+        super().run_training(resume)  # checkpoint_latest keeps the decoder as trained (--c resumes from it)
+        changed = self.interpolate_decoder(float(self.chain_setting("decoder_interpolation", 1.0)))
         if self.rank == 0 and self.chain_setting("validation_choice", False):
             self.choose_on_validation()
+            changed = True
+        if self.rank == 0 and changed:
             self.save("checkpoint_final.pth")
 
     def make_datasets(self) -> None:

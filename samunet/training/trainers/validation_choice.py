@@ -1,4 +1,6 @@
-"""The chain's final choice, made on the fold's (source) validation cases: stage 1 as the mean of
+"""The chain's final decoder and choice. The adapted decoder is first pulled back towards the
+pretrained one in weight space (:meth:`ValidationChoiceMixin.interpolate_decoder`); then, on the
+fold's (source) validation cases: stage 1 as the mean of
 its heads or the fold's head alone, original vs adapted mask decoder (mean Dice with automatic
 boxes), then stage 1 vs SAM per label.
 When the original decoder is chosen, the adapted weights stay in ``self.adapted_decoder`` (and
@@ -60,6 +62,22 @@ class ValidationChoiceMixin:
         finally:
             self.final_choice = saved
         return {l: float(np.mean(v)) if v else float("nan") for l, v in per_label.items()}
+
+    def interpolate_decoder(self, alpha: float) -> bool:
+        """The adapted decoder becomes ``alpha * trained + (1 - alpha) * pretrained`` weights (a weight-space
+        ensemble, WiSE-FT, Wortsman et al. 2022): most of what fine-tuning gained, little of what it
+        forgot. ``alpha`` 1: the weights as trained. Returns whether anything changed."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"sam.decoder_interpolation must be in [0, 1] (1: the decoder as trained), got {alpha}")
+        if alpha == 1.0:
+            return False
+        trained = self.sam.mask_decoder.state_dict()
+        blended = {k: (alpha * v.float() + (1.0 - alpha) * self.pretrained_decoder[k].to(v.device).float()).to(v.dtype)
+                   if v.is_floating_point() else v for k, v in trained.items()}
+        self.sam.mask_decoder.load_state_dict(blended)
+        logger.info("adapted decoder: %.2f x the trained weights + %.2f x LiteMedSAM's/SAM's own (weight-space "
+                    "interpolation, plan sam.decoder_interpolation)", alpha, 1.0 - alpha)
+        return True
 
     def choose_on_validation(self) -> dict:
         """Original vs adapted decoder (mean Dice with automatic boxes), then stage 1 vs SAM per
