@@ -131,7 +131,8 @@ def colour_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     coloured = x.shape[0] == 3 and float(np.ptp(x, axis=0).max()) > 1e-3  # grey stored as RGB stays grey
     mean = x.mean()
     x = (x - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3)
-    x = np.clip(x, 0.0, 1.0) ** np.exp(rng.uniform(np.log(0.75), np.log(4 / 3), (x.shape[0] if coloured else 1, 1, 1)))
+    gamma = np.exp(rng.uniform(np.log(0.75), np.log(4 / 3), (x.shape[0] if coloured else 1, 1, 1)))
+    x = np.clip(x, 0.0, 1.0) ** gamma
     if coloured:
         grey = x.mean(axis=0, keepdims=True)
         x = grey + (x - grey) * rng.uniform(0.6, 1.4)
