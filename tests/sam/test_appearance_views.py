@@ -89,8 +89,7 @@ def test_colour_jitter_keeps_grey_grey_and_changes_colour():
         assert out.shape == grey.shape and 0.0 <= out.min() and out.max() <= 1.0
         np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # no colour invented
         np.testing.assert_allclose(out[0], out[2], atol=1e-6)
-    img = _slice(3)
-    img[0] *= 1.0  # red strongest, blue weakest: a colour cast to rotate and rescale
+    img = _slice(3)  # its channels differ: a colour cast to rotate and rescale
     changed = [np.abs(colour_jitter(img.copy(), rng) - img).mean() for _ in range(20)]
     assert np.mean(changed) > 0.01 and min(changed) > 1e-4
     # the hue rotation is a rotation about the grey axis: it keeps each pixel's channel mean
@@ -112,5 +111,5 @@ def test_colour_jitter_keeps_grey_grey_and_changes_colour():
 def test_ops_restrict_the_views():
     img = _slice(3)
     a = appearance_views(img, 3, seed=2, ops=("colour_jitter",))
-    b = np.stack([random_appearance(img, r, ops=("colour_jitter",)) for r in [np.random.default_rng(2)] for _ in range(1)])
-    np.testing.assert_array_equal(a[:1], b)
+    b = random_appearance(img, np.random.default_rng(2), ops=("colour_jitter",))
+    np.testing.assert_array_equal(a[0], b)

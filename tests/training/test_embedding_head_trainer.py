@@ -88,7 +88,7 @@ def test_appearance_views_are_cached_beside_the_embeddings(head_planned):
     assert plain.shape == shifted.shape and not np.allclose(plain, shifted, atol=1e-2)
 
 
-def test_view_ops_choose_the_transforms_and_name_their_cache(head_planned):
+def test_view_ops_choose_the_transforms(head_planned):
     from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer, view_transform
 
     t = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,

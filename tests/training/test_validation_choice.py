@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -98,7 +99,5 @@ def test_decoder_interpolation_moves_the_trained_weights_towards_the_pretrained_
     assert abs(t.pretrained_decoder["weight"].item() - 0.8) < 1e-7  # the reference is not touched
     t.interpolate_decoder(0.0)
     assert abs(t.sam.mask_decoder.weight.item() - 0.8) < 1e-7
-    import pytest
-
     with pytest.raises(ValueError, match="decoder_interpolation"):
         t.interpolate_decoder(1.5)
