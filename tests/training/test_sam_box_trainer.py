@@ -192,6 +192,17 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
     each = [loaded.stage1.predict_preprocessed(data, case, network=n) for n in [loaded.stage1.network, *members]]
     np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-5)
     assert max(np.abs(e - each[0]).max() for e in each[1:]) > 1e-3  # three different heads
+    # checkpoint_best (here the one epoch's) gets the same interpolation and choice: --use_best predicts alike
+    best = torch.load(t.output_folder / "checkpoint_best.pth", map_location="cpu", weights_only=True)
+    assert json.loads(best["final_choice"]) == choice
+    for k, v in ckpt["network_weights"].items():
+        torch.testing.assert_close(best["network_weights"][k], v)
+    # validating again (--val_only) restores the run's stage-1 heads and choice from the checkpoint
+    again = train(chain_planned, "domain_A", "SAMBoxTrainer", device="cpu", val_only=True, skip_validation=True,
+                  stage1_epochs=3, stage1_iters=15)
+    assert again.final_choice == choice and len(again.stage1.ensemble_members) == 2
+    for k, v in ckpt["stage1_weights"].items():
+        torch.testing.assert_close(again.stage1.network.state_dict()[k], v)
 
 
 def test_stage1_choice_is_validated(small_planned):

@@ -101,3 +101,66 @@ def test_decoder_interpolation_moves_the_trained_weights_towards_the_pretrained_
     assert abs(t.sam.mask_decoder.weight.item() - 0.8) < 1e-7
     with pytest.raises(ValueError, match="decoder_interpolation"):
         t.interpolate_decoder(1.5)
+
+
+class _FinishedChain(_Chain):
+    """A finished run: its checkpoints hold the decoder weight, the choice and the epoch."""
+
+    def __init__(self, folder, **kw):
+        super().__init__(**kw)
+        self.output_folder, self.current_epoch, self.adapted_decoder = folder, 9, None
+
+    def checkpoint_dict(self):
+        state = {"network_weights": self.sam.mask_decoder.state_dict(), "epoch": self.current_epoch,
+                 "final_choice": json.dumps(getattr(self, "final_choice", None))}
+        return {**state, **({"adapted_decoder": self.adapted_decoder} if self.adapted_decoder else {})}
+
+
+@pytest.mark.parametrize("final, decoder", [(0.8, "adapted"), (0.4, "original")])
+def test_best_checkpoint_gets_the_final_interpolation_and_choice(tmp_path, final, decoder):
+    from samunet.training.checkpoint import load_checkpoint, save_checkpoint
+
+    t = _FinishedChain(tmp_path, adapted=final, original=0.6, stage1_dice=0.0)
+    save_checkpoint(tmp_path / "checkpoint_best.pth",
+                    {"network_weights": {"weight": torch.tensor([[0.2]])}, "epoch": 3, "progress": "best"})
+    t.interpolate_decoder(0.5)  # the final decoder: 0.7 or 0.5
+    choice = t.choose_on_validation()
+    assert choice["decoder"] == decoder
+    live = t.sam.mask_decoder.weight.item()
+    t.finish_best_checkpoint(0.5)
+    best = load_checkpoint(tmp_path / "checkpoint_best.pth")
+    assert json.loads(best["final_choice"]) == json.loads(json.dumps(choice))
+    assert best["epoch"] == 3 and best["progress"] == "best"
+    halfway = 0.5 * 0.2 + 0.5 * 0.6  # the best epoch's weight, interpolated like the final one
+    if decoder == "adapted":
+        assert abs(best["network_weights"]["weight"].item() - halfway) < 1e-6 and "adapted_decoder" not in best
+    else:  # the network is the original decoder; the interpolated best one is kept beside it
+        assert abs(best["network_weights"]["weight"].item() - 0.6) < 1e-6
+        assert abs(best["adapted_decoder"]["weight"].item() - halfway) < 1e-6
+    assert t.sam.mask_decoder.weight.item() == live  # the trainer keeps its final decoder
+    assert (t.adapted_decoder is None) == (decoder == "adapted")
+
+
+def test_no_best_checkpoint_is_left_alone(tmp_path):
+    t = _FinishedChain(tmp_path, adapted=0.8, original=0.6, stage1_dice=0.0)
+    t.finish_best_checkpoint(0.5)
+    assert not (tmp_path / "checkpoint_best.pth").exists()
+
+
+def test_validating_again_restores_the_runs_stage1_heads_and_choice():
+    heads = [nn.Linear(1, 1) for _ in range(3)]
+    stage1 = SimpleNamespace(network=nn.Linear(1, 1), ensemble_members=[], build_network=lambda: nn.Linear(1, 1))
+    t = SimpleNamespace(stage1=stage1, final_choice=None, adapted_decoder=None, always_present=frozenset(),
+                        restore_label_depths=lambda ck: setattr(t, "depths", json.loads(ck.get("label_depths", "{}"))))
+    choice = {"decoder": "original", "labels": {"1": "stage1"}}
+    ckpt = {"final_choice": json.dumps(choice), "adapted_decoder": {"weight": torch.ones(1, 1)},
+            "always_present_labels": "[1]", "label_depths": '{"1": 0}', "stage1_weights": heads[0].state_dict(),
+            "stage1_ensemble_weights": [h.state_dict() for h in heads[1:]]}
+    ValidationChoiceMixin.restore_run_choices(t, ckpt)
+    assert t.final_choice == choice and t.always_present == {1} and t.depths == {"1": 0}
+    assert torch.equal(t.adapted_decoder["weight"], torch.ones(1, 1))
+    assert torch.equal(stage1.network.weight, heads[0].weight)
+    assert [m.weight.item() for m in stage1.ensemble_members] == [h.weight.item() for h in heads[1:]]
+    ValidationChoiceMixin.restore_run_choices(t, {"final_choice": "null", "stage1_weights": heads[0].state_dict()})
+    assert t.final_choice is None and stage1.ensemble_members == []  # the choice had dropped the extra heads
+    assert t.always_present == frozenset() and t.depths == {}  # older checkpoints: no presence prior, no nesting

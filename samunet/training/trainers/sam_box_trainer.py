@@ -126,18 +126,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         stage1 = find_trainer(name).for_inference(self.plans, self.dataset_json, checkpoint["stage1_weights"],
                                                   json.loads(checkpoint.get("stage1_options", "{}")), checkpoint,
                                                   device=self.device, fold=getattr(self, "fold", None), seed=self.seed)
-        members = []
-        for weights in checkpoint.get("stage1_ensemble_weights") or []:
-            net = stage1.build_network()
-            net.load_state_dict(weights)
-            members.append(net)
-        if members:
-            stage1.ensemble_members = members
         self.stage1 = stage1
-        self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
-        self.always_present = frozenset(json.loads(checkpoint.get("always_present_labels", "[]")))
-        self.restore_label_depths(checkpoint)
-        self.adapted_decoder = checkpoint.get("adapted_decoder")  # kept when the choice took the original
+        self.restore_run_choices(checkpoint)  # its extra heads, the validation choice, the label rules
         self.cache = None
 
     # ---- cache and prompts --------------------------------------------------------
@@ -251,12 +241,14 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         else:
             self.ensure_stage1()  # before seeding, so the RNG streams do not depend on whether stage 1 ran here
         super().run_training(resume)  # checkpoint_latest keeps the decoder as trained (--c resumes from it)
-        changed = self.interpolate_decoder(float(self.chain_setting("decoder_interpolation", 1.0)))
+        alpha = float(self.chain_setting("decoder_interpolation", 1.0))
+        changed = self.interpolate_decoder(alpha)
         if self.rank == 0 and self.chain_setting("validation_choice", False):
             self.choose_on_validation()
             changed = True
         if self.rank == 0 and changed:
             self.save("checkpoint_final.pth")
+            self.finish_best_checkpoint(alpha)
 
     def make_datasets(self) -> None:
         if getattr(self, "stage1", None) is None:

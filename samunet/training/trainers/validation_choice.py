@@ -12,6 +12,7 @@ Mixed into :class:`~samunet.training.trainers.sam_box_trainer.SAMBoxTrainer`; th
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -129,3 +130,63 @@ class ValidationChoiceMixin:
                     _fmt(d_ensemble), _fmt(d_single), "the fold's head alone" if single_better else "the mean")
         return {"stage1_ensemble": d_ensemble, "stage1_single": d_single,
                 "chosen": d_single if single_better else d_ensemble}
+
+    # ---- the finished run's state in other checkpoints -------------------------------
+    def finish_best_checkpoint(self, alpha: float) -> None:
+        """``checkpoint_best.pth`` (written during training, decoder as trained, no choice yet) gets what the
+        final checkpoint got: its decoder interpolated with the same ``alpha`` and the validation choice (made
+        on the final decoder: original or adapted decoder, stage 1's heads, SAM or stage 1 per label), so
+        ``--use_best`` validates and predicts the way the final checkpoint does, with the best epoch's
+        decoder. Its epoch and progress entries stay the best epoch's."""
+        from samunet.training.checkpoint import load_checkpoint, save_checkpoint
+
+        path = self.output_folder / "checkpoint_best.pth"
+        if not path.is_file():
+            return
+        best = load_checkpoint(path)
+        final_decoder = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
+        final_adapted = getattr(self, "adapted_decoder", None)
+        try:
+            self.sam.mask_decoder.load_state_dict(best["network_weights"])
+            self.interpolate_decoder(alpha)
+            if (getattr(self, "final_choice", None) or {}).get("decoder") == "original":
+                self.adapted_decoder = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
+                self.sam.mask_decoder.load_state_dict(self.pretrained_decoder)
+            state = self.checkpoint_dict()
+            state.update({k: best[k] for k in ("epoch", "best_ema", "ema_dice", "progress") if k in best})
+            save_checkpoint(path, state)
+        finally:
+            self.sam.mask_decoder.load_state_dict(final_decoder)
+            self.adapted_decoder = final_adapted
+        logger.info("%s: the best epoch's decoder with the final checkpoint's interpolation and validation choice",
+                    path.name)
+
+    def load(self, path, weights_only_network: bool = False) -> None:
+        """With ``weights_only_network`` (``--val_only``, ``--use_best``): the decoder and, from the same
+        checkpoint, the finished run's stage-1 heads and choices, so that validating again gives what
+        the run's own validation gave."""
+        super().load(path, weights_only_network)
+        if weights_only_network:
+            from samunet.training.checkpoint import load_checkpoint
+
+            self.restore_run_choices(load_checkpoint(path, map_location=self.device))
+
+    def restore_run_choices(self, checkpoint: dict) -> None:
+        """A chain checkpoint's validation choice, label rules (older checkpoints: none), adapted decoder kept
+        beside the original, and stage 1's weights and extra heads (into ``self.stage1``, built from the
+        checkpoint or by ``make_datasets``)."""
+        self.final_choice = json.loads(checkpoint.get("final_choice", "null"))
+        self.adapted_decoder = checkpoint.get("adapted_decoder")  # kept when the choice took the original
+        self.always_present = frozenset(json.loads(checkpoint.get("always_present_labels", "[]")))
+        self.restore_label_depths(checkpoint)
+        stage1 = getattr(self, "stage1", None)
+        if stage1 is None or "stage1_weights" not in checkpoint:
+            return
+        stage1.network.load_state_dict(checkpoint["stage1_weights"])
+        if hasattr(stage1, "ensemble_members"):
+            members = []
+            for weights in checkpoint.get("stage1_ensemble_weights") or []:
+                net = stage1.build_network()
+                net.load_state_dict(weights)
+                members.append(net)
+            stage1.ensemble_members = members
