@@ -85,6 +85,11 @@ MULTI_BOX = {
     # another. Real prostate slices of 5 unseen sites: chain 0.26 -> 0.34 Dice (source validation
     # 0.74 -> 0.77); polyp_dev ClinicDB 0.758 -> 0.760 (2 seeds each). Plans without it: no fallback
     "theta1_fallback": 0.5,
+    # more box sets per label: its components at each of these theta1 besides the default ones, all decoded,
+    # and SAM's own IoU prediction (mean over a set's boxes) picks the set. polyp_dev, the whole default
+    # chain: ClinicDB (unseen centre) 0.766 -> 0.789, source validation 0.859 -> 0.855, chain 23 -> 25 min.
+    # Plans without it (or []): the default boxes only
+    "candidate_thresholds": [0.5, 0.75, 0.9],
     # a label in every training case (a polyp per frame, lungs per chest X-ray, the prostate per MRI
     # volume): a case where stage 1 finds it on no slice at neither threshold gets boxes around its most
     # probable region (the component above presence_relative x its peak, across slices in a volume)

@@ -100,6 +100,39 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
     return out
 
 
+def candidate_box_sets(default: dict[int, np.ndarray], fg_probs: np.ndarray, labels: list[int],
+                       prompting: dict) -> list[tuple[int, np.ndarray]]:
+    """``[(label, (n, 4) boxes)]``: each label's ``default`` boxes (first) and, with the plan's
+    ``prompting.candidate_thresholds`` (off when absent or empty), its component boxes at each of
+    those θ1 — distinct sets only — for :func:`pick_by_predicted_iou`. Labels without default boxes
+    get no candidates (the presence prior and the fallback keep their say)."""
+    thetas = [float(t) for t in prompting.get("candidate_thresholds") or []]
+    max_boxes, min_fraction, min_pixels = multi_box_settings(prompting) or (1, 1.0, 1)
+    out = []
+    for label, boxes in default.items():
+        sets = [np.asarray(boxes)]
+        for theta in thetas:
+            found = component_boxes(fg_probs[labels.index(label)], theta, min_fraction, max_boxes, min_pixels)
+            if found and not any(np.array_equal(np.stack(found), b) for b in sets):
+                sets.append(np.stack(found))
+        out.extend((label, b) for b in sets)
+    return out
+
+
+def pick_by_predicted_iou(candidates: list[tuple[int, np.ndarray]], iou: np.ndarray) -> list[bool]:
+    """Which boxes of ``candidates`` (flattened in order, ``iou`` one SAM IoU prediction per box) to
+    keep: per label, the candidate set with the highest mean predicted IoU (the first on ties)."""
+    best: dict[int, tuple[float, int]] = {}
+    start = 0
+    for i, (label, boxes) in enumerate(candidates):
+        score = float(np.mean(iou[start:start + len(boxes)]))
+        if label not in best or score > best[label][0]:
+            best[label] = (score, i)
+        start += len(boxes)
+    chosen = {i for _, i in best.values()}
+    return [i in chosen for i, (_, boxes) in enumerate(candidates) for _ in boxes]
+
+
 def _jittered(boxes: list, rng: np.random.Generator | None, prompting: dict, shape_hw) -> list:
     """``boxes`` each grown by a random ``prompting.box_jitter_px`` per side (none without ``rng``)."""
     if rng is None:

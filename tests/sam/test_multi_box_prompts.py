@@ -179,3 +179,20 @@ def test_nested_label_depths():
     odd[:3] = -1
     odd[-3:] = 3
     assert nested_label_depths([odd], [1, 2]) == {2: 1}
+
+
+def test_candidate_box_sets_add_distinct_threshold_sets_and_the_best_rated_set_wins():
+    from samunet.sam.box_prompting import candidate_box_sets, pick_by_predicted_iou
+
+    p = np.zeros((2, 32, 32), np.float32)
+    p[0, 8:16, 8:16] = 0.9  # a confident core ...
+    p[0, 6:20, 6:20] = np.maximum(p[0, 6:20, 6:20], 0.6)  # ... in a less sure rim
+    p[1, 20:28, 20:28] = 0.9  # a label whose sets coincide at every threshold
+    default = slice_box_sets("auto", p, None, [1, 2], {**PROMPTING, "theta1": 0.75})
+    assert candidate_box_sets(default, p, [1, 2], PROMPTING) == list(default.items())  # off without the key
+    pairs = candidate_box_sets(default, p, [1, 2], {**PROMPTING, "candidate_thresholds": [0.5, 0.75, 0.8]})
+    assert [(l, b.tolist()) for l, b in pairs] == [(1, [[8, 8, 15, 15]]), (1, [[6, 6, 19, 19]]), (2, [[20, 20, 27, 27]])]
+    assert pick_by_predicted_iou(pairs, np.array([0.7, 0.9, 0.5])) == [False, True, True]
+    assert pick_by_predicted_iou(pairs, np.array([0.9, 0.9, 0.5])) == [True, False, True]  # ties: the default
+    two = [(1, np.zeros((2, 4))), (1, np.zeros((1, 4)))]  # a set's score is the mean over its boxes
+    assert pick_by_predicted_iou(two, np.array([0.9, 0.5, 0.8])) == [False, False, True]

@@ -336,3 +336,35 @@ def test_nested_labels_the_deepest_wins_where_masks_overlap_and_the_checkpoint_k
     t.plans["prompting"].pop("nesting_precedence")
     t._label_depths = None
     assert t.label_depths() == {} and (decide(t) == 1).all()
+
+
+def test_sams_iou_prediction_picks_the_box_set_among_the_candidate_thresholds(samunet_roots):
+    """Plan prompting.candidate_thresholds: each label's box sets at those θ1 are decoded and the set SAM's
+    IoU head rates best is used (and recorded); without the key only the θ1 boxes are decoded."""
+    from samunet.preprocessing.preprocessor import load_preprocessed_case
+
+    t = _tiny_chain(samunet_roots, 659, shape=(1, 64, 64))
+    assert t.prompting["candidate_thresholds"] == [0.5, 0.75, 0.9]  # new plans: on
+    data, _, _ = load_preprocessed_case(t.data_folder, t.split["test"][0])
+    probs = np.zeros((2, 1, 64, 64), dtype=np.float32)
+    probs[1, 0, 10:40, 10:40] = 0.6  # an unsure rim (boxed at θ1 0.5) ...
+    probs[1, 0, 20:30, 20:30] = 0.95  # ... around a sure core (θ1 0.75 and 0.9)
+    probs[0] = 1 - probs[1]
+    t.stage1.predict_preprocessed = lambda d, **kw: probs
+    t.final_choice = None
+    decode, rated = t.sam.decode, []
+
+    def rated_decode(*args, **kw):  # SAM's masks, with IoU predictions set by the test
+        logits, _ = decode(*args, **kw)
+        rated.append(logits.shape[0])
+        return logits, torch.tensor(scores[:logits.shape[0]])[:, None]
+
+    t.sam.decode = rated_decode
+    for scores, box in (([0.2, 0.9], [10, 10, 39, 39]), ([0.9, 0.2], [20, 20, 29, 29])):
+        used = []
+        t.predict_preprocessed(data, None, prompt="auto", prompts_out=used)
+        assert [u["box"] for u in used] == [box] and rated[-1] == 2  # two distinct sets, one kept
+    t.plans["prompting"]["candidate_thresholds"] = []
+    used = []
+    t.predict_preprocessed(data, None, prompt="auto", prompts_out=used)
+    assert [u["box"] for u in used] == [[20, 20, 29, 29]] and rated[-1] == 1

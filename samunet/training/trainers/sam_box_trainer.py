@@ -35,8 +35,9 @@ import time
 import numpy as np
 import torch
 
-from samunet.sam.box_prompting import (PROMPT_MODES, case_box_sets, component_target, labels_in_every_case,
-                                       mask_to_low_res, multi_box_settings, slice_box_sets, slice_boxes)
+from samunet.sam.box_prompting import (PROMPT_MODES, candidate_box_sets, case_box_sets, component_target,
+                                       labels_in_every_case, mask_to_low_res, multi_box_settings,
+                                       pick_by_predicted_iou, slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
@@ -410,16 +411,19 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                                                             self.prompting, rng, slice_shape=(y, x)).items()}
             if not boxes:
                 continue  # no prompt -> empty slice, never a crash
+            # prompting.candidate_thresholds: more box sets per label, SAM's IoU prediction picks one
+            pairs = candidate_box_sets(boxes, probs[:, z], fg, self.prompting) if auto_sets else list(boxes.items())
+            emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
+            flat = np.concatenate([bs for _, bs in pairs])
+            sparse, dense = self.sam.encode_prompts(boxes=self.sam.scale_boxes(flat, (y, x)).to(self.device))
+            logits, iou = self.sam.decode(emb.to(self.device), sparse, dense, None)
+            keep = np.asarray(pick_by_predicted_iou(pairs, iou[:, 0].cpu().numpy()))
+            owners = [l for l, k in zip([l for l, bs in pairs for _ in bs], keep) if k]
             if prompts_out is not None:
                 prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]}
-                                   for l, bs in boxes.items() for b in bs)
-            emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
-            owners = [l for l, bs in boxes.items() for _ in bs]
-            b = self.sam.scale_boxes(torch.as_tensor(np.concatenate([boxes[l] for l in boxes]), dtype=torch.float32),
-                                     (y, x))
-            sparse, dense = self.sam.encode_prompts(boxes=b.to(self.device))
-            logits, _ = self.sam.decode(emb.to(self.device), sparse, dense, None)
-            p = torch.sigmoid(self.sam.postprocess_logits(logits, scaled_hw, (y, x)))[:, 0].cpu().numpy()
+                                   for l, b in zip(owners, flat[keep]))
+            p = torch.sigmoid(self.sam.postprocess_logits(logits[torch.as_tensor(keep)], scaled_hw, (y, x)))
+            p = p[:, 0].cpu().numpy()
             for l, pl in zip(owners, p):
                 k = fg.index(l) + 1
                 out[k, z] = np.maximum(out[k, z], pl)
