@@ -42,7 +42,7 @@ class BoxSam:
         p = np.full((len(boxes), 1, y, x), P_OUT, np.float32)
         for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
             p[i, 0, max(0, y0 - GROW):y1 + GROW + 1, max(0, x0 - GROW):x1 + GROW + 1] = P_IN
-        return torch.from_numpy(np.log(p) - np.log1p(-p)), None
+        return torch.from_numpy(np.log(p) - np.log1p(-p)), torch.ones(len(boxes), 1)
 
     def postprocess_logits(self, logits, scaled_hw, hw):
         return logits

@@ -415,7 +415,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             pairs = candidate_box_sets(boxes, probs[:, z], fg, self.prompting) if auto_sets else list(boxes.items())
             emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
             flat = np.concatenate([bs for _, bs in pairs])
-            sparse, dense = self.sam.encode_prompts(boxes=self.sam.scale_boxes(flat, (y, x)).to(self.device))
+            b = self.sam.scale_boxes(torch.as_tensor(flat, dtype=torch.float32), (y, x))
+            sparse, dense = self.sam.encode_prompts(boxes=b.to(self.device))
             logits, iou = self.sam.decode(emb.to(self.device), sparse, dense, None)
             keep = np.asarray(pick_by_predicted_iou(pairs, iou[:, 0].cpu().numpy()))
             owners = [l for l, k in zip([l for l, bs in pairs for _ in bs], keep) if k]
