@@ -101,20 +101,29 @@ def slice_box_sets(mode: str, fg_probs: np.ndarray | None, ref_slice: np.ndarray
 
 
 def candidate_box_sets(default: dict[int, np.ndarray], fg_probs: np.ndarray, labels: list[int],
-                       prompting: dict) -> list[tuple[int, np.ndarray]]:
+                       prompting: dict, rng: np.random.Generator | None = None) -> list[tuple[int, np.ndarray]]:
     """``[(label, (n, 4) boxes)]``: each label's ``default`` boxes (first) and, with the plan's
     ``prompting.candidate_thresholds`` (off when absent or empty), its component boxes at each of
     those θ1 — distinct sets only — for :func:`pick_by_predicted_iou`. Labels without default boxes
-    get no candidates (the presence prior and the fallback keep their say)."""
+    get no candidates (the presence prior and the fallback keep their say). With ``rng`` (test-time
+    box jitter: ``default`` is jittered already) the added sets are jittered the same way, and a set
+    equal to the un-jittered θ1 boxes counts as the default."""
     thetas = [float(t) for t in prompting.get("candidate_thresholds") or []]
     max_boxes, min_fraction, min_pixels = multi_box_settings(prompting) or (1, 1.0, 1)
     out = []
     for label, boxes in default.items():
+        probs = fg_probs[labels.index(label)]
         sets = [np.asarray(boxes)]
+        seen = list(sets)
+        if rng is not None and thetas:
+            at_theta1 = component_boxes(probs, float(prompting["theta1"]), min_fraction, max_boxes,
+                                        min_pixels)
+            seen = [np.stack(at_theta1)] if at_theta1 else []
         for theta in thetas:
-            found = component_boxes(fg_probs[labels.index(label)], theta, min_fraction, max_boxes, min_pixels)
-            if found and not any(np.array_equal(np.stack(found), b) for b in sets):
-                sets.append(np.stack(found))
+            found = component_boxes(probs, theta, min_fraction, max_boxes, min_pixels)
+            if found and not any(np.array_equal(np.stack(found), b) for b in seen):
+                seen.append(np.stack(found))
+                sets.append(np.stack(_jittered(found, rng, prompting, probs.shape)))
         out.extend((label, b) for b in sets)
     return out
 

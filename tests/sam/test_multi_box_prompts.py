@@ -196,3 +196,20 @@ def test_candidate_box_sets_add_distinct_threshold_sets_and_the_best_rated_set_w
     assert pick_by_predicted_iou(pairs, np.array([0.9, 0.9, 0.5])) == [True, False, True]  # ties: the default
     two = [(1, np.zeros((2, 4))), (1, np.zeros((1, 4)))]  # a set's score is the mean over its boxes
     assert pick_by_predicted_iou(two, np.array([0.9, 0.5, 0.8])) == [False, False, True]
+
+
+def test_candidate_box_sets_are_jittered_with_test_time_jitter_and_theta1_counts_as_the_default():
+    from samunet.sam.box_prompting import candidate_box_sets
+
+    p = np.zeros((1, 32, 32), np.float32)
+    p[0, 8:16, 8:16] = 0.9  # core: the θ1 (0.75) set
+    p[0, 6:20, 6:20] = np.maximum(p[0, 6:20, 6:20], 0.6)  # rim: the 0.5 set
+    prompting = {**PROMPTING, "theta1": 0.75, "box_jitter_px": [2, 3], "candidate_thresholds": [0.5, 0.75]}
+    default = {1: np.array([[5, 5, 18, 18]])}  # the θ1 core box after jitter
+    pairs = candidate_box_sets(default, p, [1], prompting, np.random.default_rng(0))
+    assert len(pairs) == 2  # the jittered default, the rim; the un-jittered core is not added again
+    assert pairs[0][1].tolist() == [[5, 5, 18, 18]]
+    x0, y0, x1, y1 = pairs[1][1][0]
+    assert 6 - 3 <= x0 <= 6 - 2 and 6 - 3 <= y0 <= 6 - 2 and 19 + 2 <= x1 <= 19 + 3 and 19 + 2 <= y1 <= 19 + 3
+    plain = candidate_box_sets(default, p, [1], prompting)  # without rng: sets as found, compared to default
+    assert [b.tolist() for _, b in plain] == [[[5, 5, 18, 18]], [[6, 6, 19, 19]], [[8, 8, 15, 15]]]

@@ -412,7 +412,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             if not boxes:
                 continue  # no prompt -> empty slice, never a crash
             # prompting.candidate_thresholds: more box sets per label, SAM's IoU prediction picks one
-            pairs = candidate_box_sets(boxes, probs[:, z], fg, self.prompting) if auto_sets else list(boxes.items())
+            pairs = candidate_box_sets(boxes, probs[:, z], fg, self.prompting, rng) if auto_sets else list(boxes.items())
             emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
             flat = np.concatenate([bs for _, bs in pairs])
             b = self.sam.scale_boxes(torch.as_tensor(flat, dtype=torch.float32), (y, x))
