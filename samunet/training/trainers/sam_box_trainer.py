@@ -412,14 +412,16 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             if not boxes:
                 continue  # no prompt -> empty slice, never a crash
             # prompting.candidate_thresholds: more box sets per label, SAM's IoU prediction picks one
-            pairs = candidate_box_sets(boxes, probs[:, z], fg, self.prompting, rng) if auto_sets else list(boxes.items())
+            pairs = candidate_box_sets(boxes, probs[:, z], fg, self.prompting, rng) if auto_sets \
+                else list(boxes.items())
             emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
             flat = np.concatenate([bs for _, bs in pairs])
             b = self.sam.scale_boxes(torch.as_tensor(flat, dtype=torch.float32), (y, x))
             sparse, dense = self.sam.encode_prompts(boxes=b.to(self.device))
             logits, iou = self.sam.decode(emb.to(self.device), sparse, dense, None)
             keep = np.asarray(pick_by_predicted_iou(pairs, iou[:, 0].cpu().numpy()))
-            owners = [l for l, k in zip([l for l, bs in pairs for _ in bs], keep) if k]
+            box_labels = [l for l, bs in pairs for _ in bs]
+            owners = [l for l, k in zip(box_labels, keep) if k]
             if prompts_out is not None:
                 prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]}
                                    for l, b in zip(owners, flat[keep]))
