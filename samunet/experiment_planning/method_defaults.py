@@ -31,9 +31,10 @@ EMBEDDING_HEAD = {
     # head alone 0.728 -> 0.759, chain with LiteMedSAM's decoder 0.742 -> 0.755
     "test_time_flip": True,
     # appearance views per training slice, encoded once and cached beside the plain embeddings.
-    # Off by default: on polyp_dev (train Kvasir-SEG, test CVC-ClinicDB) 2 views lowered the head's
-    # Dice on the unseen centre from 0.728 to 0.688 at the same 9 x 50 iterations and cost an
-    # encoder pass per training slice and view. Worth trying for MRI/CT across scanners.
+    # The planner sets it by the SAM input (appearance_views_for): 2 for one grey channel, 0 for colour
+    # (on polyp_dev, train Kvasir-SEG, test CVC-ClinicDB, 2 views lowered the head's Dice on the unseen
+    # centre from 0.728 to 0.688). Each costs an encoder pass per training slice, capped by the time
+    # budget (samunet/training/view_budget.py). Plans without the key: 0.
     "num_views": 0,
     # scale views per training slice (zoomed by a factor log-uniform in scale_range before the encoder,
     # targets zoomed alike; samunet/sam/scale_views.py). Off by default: on polyp_dev (ClinicDB's polyps
@@ -143,6 +144,27 @@ CLASS_PROMPT = {
     # inference prompts every class on every slice. Plans written before the key: 0 (the trainer's fallback)
     "absent_class_fraction": 0.25,
 }
+
+# appearance views by what SAM's encoder is fed (the planner's choice; plans keep what they were written with)
+GREY_NUM_VIEWS = 2
+
+
+def appearance_views_for(sam_input_mode: str) -> tuple[int, str]:
+    """``(embedding_head.num_views, reason)`` for a dataset whose SAM input is ``sam_input_mode``.
+
+    One grey channel (MR, CT, X-ray, ultrasound; ``"replicate"``): 2 views. Prostate MRI, train 5
+    RUNMC volumes, test a held-out volume under the scanner changes of issue 14 (2 seeds): head
+    alone plain 0.831 -> 0.825, dark gamma with Rician noise 0.49 -> 0.61, partial contrast reversal
+    0.67 -> 0.78, low resolution 0.23 -> 0.76, strong bias field 0.02 -> 0.71; real slices of 5 other
+    sites 0.29 -> 0.36. Colour (``"rgb"``, endoscopy, fundus, photographs): none; on polyp_dev views
+    lowered the unseen centre (head 0.728 -> 0.688; camera-like colour views: chain 0.760 -> 0.740).
+    """
+    if sam_input_mode == "replicate":
+        return GREY_NUM_VIEWS, (f"one grey channel into SAM: {GREY_NUM_VIEWS} appearance views of each training "
+                                "slice for stage 1 (scanner changes of contrast, noise, blur and bias field), "
+                                "encoded once, capped at a share of the time budget")
+    return 0, "colour input into SAM: no appearance views (they lowered the unseen centre on colour endoscopy)"
+
 
 SECTIONS = {"embedding_head": EMBEDDING_HEAD}
 

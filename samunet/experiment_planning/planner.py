@@ -135,6 +135,8 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
     sam_input, decisions["sam_input"] = choose_sam_input(
         dataset_json, normalization, all(c["io"] == "NaturalImage2DIO" for c in cases.values()), dataset_name)
 
+    views, decisions["embedding_head_views"] = method_defaults.appearance_views_for(sam_input["input_channel_mode"])
+
     patch = [_round_patch(median_shape_after[1]), _round_patch(median_shape_after[2])]
     batch = int(np.clip(STAGE1_PIXEL_BUDGET // (patch[0] * patch[1]), 2, 32))
     decisions["stage1_patch_size"] = f"median resampled slice {median_shape_after[1]:.0f} x {median_shape_after[2]:.0f}, rounded to a multiple of 32 in [64, {MAX_INPLANE_SIZE}]"
@@ -205,7 +207,7 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "mosaic": False,
             **method_defaults.MULTI_BOX,
         },
-        "embedding_head": dict(method_defaults.EMBEDDING_HEAD),
+        "embedding_head": {**method_defaults.EMBEDDING_HEAD, "num_views": views},
         **method_settings(),
         "decisions": decisions,
     }

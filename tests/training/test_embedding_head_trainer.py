@@ -234,3 +234,26 @@ def test_out_of_fold_parts_without_groups_are_the_case_wise_parts():
     order = np.random.default_rng([3, 11]).permutation(7)
     assert out_of_fold_parts(cases, None, 3, [3, 11]) == [sorted(cases[i] for i in order[j::3]) for j in range(3)]
     assert out_of_fold_parts(cases, {c: "p" for c in cases}, 3, [3, 11]) == [cases]  # one group: one part
+
+
+def test_appearance_views_are_capped_by_the_time_budget_and_the_cap_is_kept(head_planned):
+    """A budget too small for one view's encoding encodes none, says so in appearance_views.json, and
+    a later run of the fold (here without a budget) keeps the decision instead of encoding views."""
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer
+    from samunet.training.view_budget import DECISION_FILE
+    from samunet.utilities.file_io import load_json
+
+    t = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_views=2, view_ops="blur_lowres",
+                             time_budget="1s")
+    t.initialize()
+    t.make_datasets()
+    assert t.view_caches == []
+    stored = load_json(t.output_folder / DECISION_FILE)
+    assert stored["planned"] == 2 and stored["used"] == 0 and stored["seconds_per_slice"] > 0
+    assert not any(v.is_valid(c) for c in t.split["train"] for v in (t.make_cache("view1_blur_lowres"),))
+    again = EmbeddingHeadTrainer(head_planned, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                                 num_views=2, view_ops="blur_lowres")
+    again.initialize()
+    again.make_datasets()
+    assert again.view_caches == []
+    (t.output_folder / DECISION_FILE).unlink()

@@ -164,8 +164,9 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         seed = self.view_seed
         ops = self.view_ops
         ops_tag = "" if ops == OPS else "_" + "+".join(ops)
-        self.view_caches = [self.make_cache(f"view{v}" + (f"_s{seed}" if seed else "") + ops_tag,
-                                           view_transform(v, seed, ops)) for v in range(1, self.num_views + 1)]
+        tags = [f"view{v}" + (f"_s{seed}" if seed else "") + ops_tag for v in range(1, self.num_views + 1)]
+        views = [self.make_cache(tag, view_transform(v, seed, ops)) for v, tag in enumerate(tags, start=1)]
+        self.view_caches = views[:self.views_within_budget(views, tags)]
         lo, hi = self.scale_range
         self.scale_caches = [self.make_cache(f"scale{v}_{lo:g}-{hi:g}" + (f"_s{seed}" if seed else ""),
                                             scale_transform(v, seed, (lo, hi)))
@@ -178,6 +179,45 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
                                 len(caches))
                 cache.build(self.split["train"], self.sam, part=self.rank, num_parts=self.world_size)
         dist_utils.barrier()
+
+    def views_within_budget(self, caches: list, tags: list[str]) -> int:
+        """How many of the planned appearance-view ``caches`` to encode and train on: all without a time
+        budget; under one, as many as fit :data:`~samunet.training.view_budget.VIEW_BUDGET_SHARE` of it
+        at this device's measured encoder speed. Decided once per fold (kept in
+        ``appearance_views.json``; copies for out-of-fold parts inherit it)."""
+        from samunet.training import view_budget
+
+        if not caches:
+            return 0
+        if getattr(self, "_views_used", None) is not None:
+            return min(self._views_used, len(caches))
+        key = view_budget.decision_key(len(caches), tags)
+        used = view_budget.stored_decision(self.output_folder, key)
+        if used is None:
+            train = self.split["train"]
+            uncached = [sum(self.cache.info(c)["shape"][0] for c in train if not v.is_valid(c)) for v in caches]
+            budget = self.time_budget_s() if self.world_size == 1 else None
+            allowance = None if budget is None else view_budget.VIEW_BUDGET_SHARE * budget
+            per_slice = self.seconds_per_encoded_slice(caches[0]) if allowance is not None and any(uncached) else 0.0
+            used = view_budget.views_that_fit(uncached, per_slice, allowance)
+            view_budget.record_decision(self.output_folder, key, used, per_slice, allowance, uncached)
+        self._views_used = used
+        return used
+
+    def seconds_per_encoded_slice(self, cache) -> float:
+        """The encoder's seconds per slice on this device, timed on a batch of the first training case's
+        slices as ``cache`` transforms them (one untimed call first)."""
+        from samunet.sam.embedding_cache import encode_volume, encoder_batch_size
+        from samunet.training.schedule import measure_seconds_per_call
+        from samunet.utilities.file_io import load_npz
+
+        case = sorted(self.split["train"])[0]
+        data = load_npz(self.data_folder / f"{case}.npz")["data"]
+        data = data[:, :encoder_batch_size(self.sam)]
+        if cache.transform is not None:
+            data = cache.transform(data, case)
+        seconds = measure_seconds_per_call(lambda: encode_volume(self.sam, data), warmup=1, repeats=1)
+        return seconds / data.shape[1]
 
     def build_flip_cache(self, cases, make_cache=None) -> None:
         """With test-time flipping: the mirrored slices of ``cases`` (the fold's validation and test

@@ -235,6 +235,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                 cls = self._stage1_class()
                 if hasattr(cls, "build_caches"):  # e.g. appearance views: encoded before the clock is split
                     pre = self._stage1_instance(cls)
+                    pre.options["time_budget"] = budget  # the chain's: appearance views may take a share of it
                     pre.build_caches()
                 heads = 1 + (self._oof_folds() if hasattr(cls, "train_out_of_fold") else 0)
                 head_budget = self.stage1_budget(budget, heads)
