@@ -16,9 +16,11 @@ and it has three properties the pipeline relies on:
 - with one label and θ2 = 0.5 it is ``[1 - p, p]``, the stage-1 trainers' sigmoid output;
 - a probability that is exactly 0 (a label not prompted on a slice) stays exactly 0.
 
-A softmax output ``P`` (a stage-1 network) enters the same form as ``s_k = log(P_k / P_0)``,
-so a chain that takes some labels from stage 1 (the validation choice) mixes both exactly:
-with every label from stage 1 the result is stage 1's probabilities.
+A softmax output ``P`` (a stage-1 network) enters the same form as ``s_k = log(P_k / P_0)``
+(:func:`softmax_log_odds`: with every label from stage 1 the result is stage 1's probabilities). A
+chain that takes only some labels from stage 1 (the validation choice) uses
+``s_k = log(P_k / max_{j != k} P_j)`` (:func:`softmax_label_odds`), positive exactly where stage 1's
+argmax is ``k``, so that the labels left to SAM keep the voxels stage 1 gives to them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,19 @@ def softmax_log_odds(probs: np.ndarray) -> np.ndarray:
     for k in range(1, probs.shape[0]):
         np.subtract(np.log(np.maximum(probs[k], np.float32(_TINY))), background, out=out[k - 1])
     return out
+
+
+def softmax_label_odds(probs: np.ndarray, k: int) -> np.ndarray:
+    """``(K, ...)`` class probabilities (background first) -> ``(...)`` ``log(P_k / max_{j != k} P_j)``:
+    label ``k`` against the network's strongest alternative, background included. Positive exactly
+    where ``k`` is the network's argmax, so a stage-1 label mixed with SAM's labels (the validation
+    choice) claims the voxels stage 1 gives it, not every voxel where ``P_k > P_0`` (in a voxel stage 1
+    gives to another label, ``log(P_k / P_0)`` can be positive and took it from SAM's label). With one
+    label it is ``log(P_1 / P_0)``, :func:`softmax_log_odds`."""
+    probs = np.asarray(probs, dtype=np.float32)
+    rest = np.max(np.delete(probs, k, axis=0), axis=0)
+    return (np.log(np.maximum(probs[k], np.float32(_TINY))) - np.log(np.maximum(rest, np.float32(_TINY)))
+            ).astype(np.float32)
 
 
 def log_odds_to_probabilities_(scores: np.ndarray) -> np.ndarray:

@@ -115,3 +115,21 @@ def test_stage1_softmax_labels_are_never_lowered_but_lower_the_outer_ones():
     scores[2] = softmax_log_odds(soft[[0, 2]])[0]  # the inner label from stage 1
     label = log_odds_to_probabilities_(prefer_inner_labels_(scores, {2: 1}, frozenset({2}))).argmax(0)
     np.testing.assert_array_equal(label, np.where(soft[2] > soft[0], 2, 1))
+
+
+def test_a_stage1_label_mixed_with_sam_claims_only_where_stage1_gives_it():
+    """SAM's outer label fills its box; the inner label comes from stage 1. Where stage 1 gives a voxel to
+    the outer label (its P_inner can still exceed its background) SAM's outer label keeps it; where stage
+    1 gives it to the inner label, the inner label wins."""
+    from samunet.training.class_probabilities import softmax_label_odds
+
+    soft = np.zeros((3, 1, 1, 3), np.float32)
+    soft[:, 0, 0, 0] = [0.05, 0.80, 0.15]  # stage 1: outer label; P_inner > P_background
+    soft[:, 0, 0, 1] = [0.10, 0.20, 0.70]  # stage 1: inner label
+    soft[:, 0, 0, 2] = [0.90, 0.05, 0.05]  # stage 1: background
+    scores = np.zeros_like(soft)
+    scores[1] = sigmoid_log_odds(np.full((1, 1, 3), 0.95, np.float32), 0.5)  # SAM's filled outer box
+    scores[2] = softmax_label_odds(soft, 2)
+    label = log_odds_to_probabilities_(prefer_inner_labels_(scores, {2: 1}, frozenset({2}))).argmax(0)
+    np.testing.assert_array_equal(label[0, 0], [1, 2, 1])
+    np.testing.assert_allclose(softmax_label_odds(soft[[0, 1]], 1), softmax_log_odds(soft[[0, 1]])[0], atol=1e-6)

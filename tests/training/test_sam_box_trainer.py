@@ -66,8 +66,9 @@ def test_micro_batches_give_the_whole_batch_gradient(small_planned):
         runs[micro] = (loss, [p.grad.clone() for p in params])
     for micro in (3, 1):
         assert runs[micro][0] == pytest.approx(runs[0][0], rel=1e-5)
-        for a, b in zip(runs[micro][1], runs[0][1]):
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+        scale = max(float(g.abs().max()) for g in runs[0][1])
+        for a, b in zip(runs[micro][1], runs[0][1]):  # float32 sums in another order: 1e-5 of the gradient's scale
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
     assert any(float(g.abs().sum()) > 0 for g in runs[0][1])
 
 
@@ -225,6 +226,15 @@ def _tiny_chain(samunet_roots, dataset_id: int, **raw) -> SAMBoxTrainer:
     t.initialize()
     t.make_datasets()
     return t
+
+
+def test_the_chain_passes_its_appearance_view_options_to_an_embedding_stage1(small_planned):
+    from samunet.training.trainers.embedding_head_trainer import EmbeddingHeadTrainer
+    from samunet.training.trainers.resnet_trainer import ResNetTrainer
+
+    t = SAMBoxTrainer(653, "domain_A", device="cpu", num_views=0, view_ops="blur_lowres")
+    assert t._stage1_options(EmbeddingHeadTrainer) == {"num_views": 0, "view_ops": "blur_lowres"}
+    assert t._stage1_options(ResNetTrainer) == {}  # not on the SAM embedding: nothing to pass
 
 
 def test_presence_prior_on_images_and_volumes_and_in_the_checkpoint(samunet_roots):

@@ -164,3 +164,31 @@ def test_validating_again_restores_the_runs_stage1_heads_and_choice():
     ValidationChoiceMixin.restore_run_choices(t, {"final_choice": "null", "stage1_weights": heads[0].state_dict()})
     assert t.final_choice is None and stage1.ensemble_members == []  # the choice had dropped the extra heads
     assert t.always_present == frozenset() and t.depths == {}  # older checkpoints: no presence prior, no nesting
+
+
+class _TwoLabelChain(_Chain):
+    """Two labels: SAM better on label 1, stage 1 on label 2, one by one; composed, the mixture scores
+    ``mixture``."""
+
+    def __init__(self, mixture: dict):
+        super().__init__(adapted=0.8, original=0.6, stage1_dice=0.0)
+        self.foreground_labels = [1, 2]
+        self.mixture, self.asked = mixture, []
+
+    def _validation_dice(self, cases, use_stage1=False, choice=None):
+        if choice is not None:
+            self.asked.append(choice["labels"])
+            return dict(self.mixture)
+        return {1: 0.5, 2: 0.8} if use_stage1 else {1: 0.6, 2: 0.7}
+
+
+def test_a_per_label_mixture_is_validated_composed_and_dropped_when_it_loses():
+    """The demo's case: SAM won the outer prostate zone and stage 1 the gland one by one, but composed the
+    zone collapsed; every label from stage 1 (mean 0.65) then beats the mixture and every label from SAM."""
+    t = _TwoLabelChain(mixture={1: 0.2, 2: 0.8})
+    choice = t.choose_on_validation()
+    assert t.asked == [{"1": "sam", "2": "stage1"}]
+    assert choice["labels"] == {"1": "stage1", "2": "stage1"}
+    assert choice["validation_dice"]["mixture"] == {1: 0.2, 2: 0.8}
+    kept = _TwoLabelChain(mixture={1: 0.6, 2: 0.8}).choose_on_validation()
+    assert kept["labels"] == {"1": "sam", "2": "stage1"}  # composed as validated one by one: kept

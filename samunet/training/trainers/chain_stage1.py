@@ -27,12 +27,16 @@ class ChainStage1Mixin:
                              "prompt (ResNetTrainer, ResNetTrainer_DeepLabV3, EmbeddingHeadTrainer, ...)")
         return cls
 
+    # the chain's options that are its stage 1's (appearance views), passed on when stage 1 takes them
+    STAGE1_PASSED_OPTIONS = ("num_views", "view_ops")
+
     def _stage1_options(self, cls) -> dict:
         """Options passed on to a stage-1 trainer that runs on the same SAM backbone."""
         if not issubclass(cls, SAMTrainerMixin):
             return {}
-        return {k: self.options[k] for k in ("sam", "sam_checkpoint", "encoder_backend", "encoder_precision")
-                if self.options.get(k) is not None}
+        names = ("sam", "sam_checkpoint", "encoder_backend", "encoder_precision") + \
+            tuple(k for k in self.STAGE1_PASSED_OPTIONS if k in cls.known_options())
+        return {k: self.options[k] for k in names if self.options.get(k) is not None}
 
     def ensure_stage1(self, time_budget: float | None = None):
         """Load the fold's stage-1 model, training it first when it is missing (sized to

@@ -128,13 +128,19 @@ class SAMTrainerMixin:
         class probabilities ``(K, Z, Y, X)`` (background first, summing to 1 per voxel) whose argmax
         is the label above θ2 with the highest probability (background otherwise); see
         :mod:`samunet.training.class_probabilities`. ``softmax_labels`` ``{channel k: (K, Z, Y, X)
-        softmax probabilities}`` (a stage-1 network's) take label ``k`` from those instead."""
+        softmax probabilities}`` (a stage-1 network's) take label ``k`` from those instead (where stage 1's
+        argmax is ``k``); every label from one stage 1: exactly its probabilities."""
         from samunet.training.class_probabilities import (log_odds_to_probabilities_, prefer_inner_labels_,
-                                                          sigmoid_log_odds, softmax_log_odds)
+                                                          sigmoid_log_odds, softmax_label_odds)
 
+        softmax_labels = softmax_labels or {}
+        sources = {id(p) for p in softmax_labels.values()}
+        if set(softmax_labels) == set(range(1, scores.shape[0])) and len(sources) == 1:
+            scores[:] = next(iter(softmax_labels.values()))  # every label from stage 1: its probabilities
+            return scores
         sigmoid_log_odds(scores[1:], self.theta2, out=scores[1:])
-        for k, probs in (softmax_labels or {}).items():
-            scores[k] = softmax_log_odds(probs[[0, k]])[0]
+        for k, probs in softmax_labels.items():
+            scores[k] = softmax_label_odds(probs, k)
         channel = {label: i + 1 for i, label in enumerate(self.foreground_labels)}
         prefer_inner_labels_(scores, {channel[l]: d for l, d in self.label_depths().items() if l in channel},
                              frozenset(softmax_labels or ()))

@@ -40,11 +40,13 @@ class ValidationChoiceMixin:
     # (real slices of unseen sites 0.369 -> 0.317, validation 0.790 -> 0.776)
     ENSEMBLE_MARGIN = 0.01
 
-    def _validation_dice(self, cases: list[str], use_stage1: bool = False) -> dict[int, float]:
+    def _validation_dice(self, cases: list[str], use_stage1: bool = False, choice: dict | None = None
+                         ) -> dict[int, float]:
         """Mean Dice per foreground label on ``cases`` (preprocessed frame), automatic prompts;
-        SAM's masks, or stage 1's own with ``use_stage1``."""
+        SAM's masks, stage 1's own with ``use_stage1``, or each label's as ``choice`` (a
+        ``final_choice``) takes it."""
         per_label: dict[int, list[float]] = {l: [] for l in self.foreground_labels}
-        saved, self.final_choice = getattr(self, "final_choice", None), None
+        saved, self.final_choice = getattr(self, "final_choice", None), choice
         try:
             for case in cases:
                 data, seg, _ = load_preprocessed_case(self.data_folder, case)
@@ -101,15 +103,35 @@ class ValidationChoiceMixin:
         d_sam = d_adapted if use_adapted else d_original
         d_stage1 = ensemble.pop("chosen", None) or self._validation_dice(cases, use_stage1=True)
         labels = {str(l): ("stage1" if d_stage1[l] > d_sam[l] else "sam") for l in self.foreground_labels}
+        decoder = "adapted" if use_adapted else "original"
+        mixture = self._validate_mixture(cases, decoder, labels, d_sam, d_stage1)
+        labels = mixture.pop("labels")
         self.final_choice = {
-            "decoder": "adapted" if use_adapted else "original", "labels": labels,
+            "decoder": decoder, "labels": labels,
             "validation_dice": {"adapted_decoder": d_adapted, "original_decoder": d_original, "stage1": d_stage1,
-                                **ensemble},
+                                **ensemble, **mixture},
         }
         logger.info("validation choice: %s decoder (auto-box Dice adapted %s, original %s); per label %s "
                     "(stage 1 alone %s)", self.final_choice["decoder"], _fmt(d_adapted), _fmt(d_original), labels,
                     _fmt(d_stage1))
         return self.final_choice
+
+    def _validate_mixture(self, cases: list[str], decoder: str, labels: dict, d_sam: dict, d_stage1: dict) -> dict:
+        """Labels chosen one by one were each validated with the others from the same source; composed
+        (SAM's labels and stage 1's in one label map, nested labels yielding to the deeper one) they can
+        score otherwise. A mixture is validated as composed and kept only if it beats every label from
+        SAM and every label from stage 1 (mean Dice over labels); returns ``{"labels": ..}`` plus
+        ``{"mixture": Dice per label}`` when one was validated."""
+        if len(set(labels.values())) < 2:
+            return {"labels": labels}
+        d_mix = self._validation_dice(cases, choice={"decoder": decoder, "labels": labels})
+        options = [(labels, d_mix), ({l: "sam" for l in labels}, d_sam), ({l: "stage1" for l in labels}, d_stage1)]
+        best, d_best = max(options, key=lambda o: np.nanmean(list(o[1].values())))  # first wins ties
+        if best is not labels:
+            logger.info("validation choice: the per-label mixture %s scored %s composed; every label from %s "
+                        "validates better (%s)", labels, _fmt(d_mix), "SAM" if best[next(iter(best))] == "sam"
+                        else "stage 1", _fmt(d_best))
+        return {"labels": best, "mixture": d_mix}
 
     def _choose_stage1_ensemble(self, cases: list[str]) -> dict:
         """Keep stage 1's ensemble (its heads' mean) unless the fold's head alone validates better by
