@@ -29,6 +29,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("SAMUNET_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generalisation import cpu_name  # noqa: E402
+from bench_prompt_variants import dice  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 S = 256
 SITES = ("BIDMC", "BMC", "HK", "I2CVB", "UCL")
@@ -100,11 +104,6 @@ def standardise(x: np.ndarray, how: str, standard: np.ndarray) -> np.ndarray:
         marks = np.maximum.accumulate(np.percentile(x, PERCENTILES) + np.arange(len(PERCENTILES)) * 1e-6)
         return np.interp(x, marks, standard).astype(np.float32)
     raise ValueError(f"unknown condition {how!r}")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
 
 
 class Bench:
@@ -192,9 +191,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not (args.data / "prostate_runmc6").is_dir():
         sys.exit(f"{args.data}/prostate_runmc6 not found: pass --data to the shared data folder")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_generalisation import cpu_name
-
     t0 = time.time()
     train, held, real = load_slices(args.data)
     rng = np.random.default_rng(0)

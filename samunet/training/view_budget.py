@@ -10,7 +10,6 @@ out-of-fold heads and a resumed run train on the same views.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +52,7 @@ def stored_decision(folder: Path, key: dict) -> int | None:
         return None
     try:
         stored = load_json(path)
-    except (ValueError, json.JSONDecodeError):
+    except ValueError:  # a half-written or edited file: decide again
         return None
     if {k: stored.get(k) for k in key} != key:
         return None

@@ -134,9 +134,8 @@ class SAMTrainerMixin:
                                                           sigmoid_log_odds, softmax_label_odds)
 
         softmax_labels = softmax_labels or {}
-        sources = {id(p) for p in softmax_labels.values()}
-        if set(softmax_labels) == set(range(1, scores.shape[0])) and len(sources) == 1:
-            scores[:] = next(iter(softmax_labels.values()))  # every label from stage 1: its probabilities
+        if set(softmax_labels) == set(range(1, scores.shape[0])):  # every label from stage 1: its probabilities
+            scores[:] = next(iter(softmax_labels.values()))
             return scores
         sigmoid_log_odds(scores[1:], self.theta2, out=scores[1:])
         for k, probs in softmax_labels.items():

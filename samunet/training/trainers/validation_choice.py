@@ -128,9 +128,9 @@ class ValidationChoiceMixin:
         options = [(labels, d_mix), ({l: "sam" for l in labels}, d_sam), ({l: "stage1" for l in labels}, d_stage1)]
         best, d_best = max(options, key=lambda o: np.nanmean(list(o[1].values())))  # first wins ties
         if best is not labels:
+            source = "SAM" if "sam" in best.values() else "stage 1"
             logger.info("validation choice: the per-label mixture %s scored %s composed; every label from %s "
-                        "validates better (%s)", labels, _fmt(d_mix), "SAM" if best[next(iter(best))] == "sam"
-                        else "stage 1", _fmt(d_best))
+                        "validates better (%s)", labels, _fmt(d_mix), source, _fmt(d_best))
         return {"labels": best, "mixture": d_mix}
 
     def _choose_stage1_ensemble(self, cases: list[str]) -> dict:
