@@ -10,7 +10,12 @@ default time budget, then print one table: Dice and NSD on the held-out domain f
   (stored in the checkpoint when the choice kept the original one),
 - ``--with_promise``: ProMISeTrainer on the same fold and budget,
 
-and the wall time of each stage. ``--second_check``: prostate MRI across sites instead — train on
+and the wall time of each stage. Test frames named ``<domain>_<number>`` in runs of consecutive
+numbers are video sequences (CVC-ClinicDB's 128 frames come from 6; two of them are numbered
+consecutively and count as one run, which only widens the interval): a second table gives Dice per
+sequence, and the automatic-box row gets a 90 % interval from resampling whole sequences (frames of one
+sequence are near-duplicates, so the sequences, not the frames, are the independent samples).
+``--second_check``: prostate MRI across sites instead — train on
 the 6 RUNMC volumes of ``prostate_runmc6`` (cut into 2D slices, 8-bit PNG), test on the real 2D
 slices of ``multisite_slices`` from 5 other sites (BIDMC, BMC, HK, I2CVB, UCL; 2 slices each) and on
 2 RUNMC slices as that collection prepared them (``RUNMCms``), with a table per test site. Only 12
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -119,7 +125,42 @@ def row(s: dict | None) -> dict:
     the test cases come from several."""
     s = s or {}
     per_domain = {d: v["foreground_mean"].get("Dice") for d, v in (s.get("per_domain") or {}).items()}
-    return {**s.get("foreground_mean", {}), **({"per_domain": per_domain} if len(per_domain) > 1 else {})}
+    per_case = {}  # case -> mean foreground Dice (for the per-sequence table)
+    for c in s.get("metric_per_case") or []:
+        values = [m["Dice"] for m in c["metrics"].values() if m.get("Dice") is not None]
+        if values:
+            per_case[c["case"]] = sum(values) / len(values)
+    return {**s.get("foreground_mean", {}), **({"per_domain": per_domain} if len(per_domain) > 1 else {}),
+            **({"per_case": per_case} if per_case else {})}
+
+
+def video_sequences(cases) -> dict[str, list[str]]:
+    """Runs of consecutive frame numbers among cases named ``<prefix>_<number>``, as
+    ``{"<prefix> <first>-<last>": [cases]}``; runs of one frame are dropped (not a sequence)."""
+    parsed = sorted((m.group(1), int(m.group(2)), c) for c in cases if (m := re.fullmatch(r"(.*)_(\d+)", c)))
+    runs, prev = [], None
+    for prefix, n, case in parsed:
+        if prev is None or prefix != prev[0] or n != prev[1] + 1:
+            runs.append((prefix, n, []))
+        runs[-1][2].append(case)
+        prev = (prefix, n)
+    return {f"{prefix} {first}-{first + len(cs) - 1}": cs for prefix, first, cs in runs if len(cs) > 1}
+
+
+def sequence_interval(per_case: dict, sequences: dict, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """5th and 95th percentile of the mean frame Dice when whole sequences are resampled with
+    replacement (a cluster bootstrap)."""
+    import numpy as np
+
+    groups = [[per_case[c] for c in cs if c in per_case] for cs in sequences.values()]
+    groups = [g for g in groups if g]
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(groups), len(groups))
+        frames = [d for i in pick for d in groups[i]]
+        means.append(sum(frames) / len(frames))
+    return float(np.percentile(means, 5)), float(np.percentile(means, 95))
 
 
 def stage_seconds(folder: Path) -> float:
@@ -213,6 +254,7 @@ def print_table(title: str, result: dict, done_when: bool = True) -> None:
             if r.get("per_domain"):
                 cells = (r["per_domain"].get(d) for d in domains)
                 print(f"| {name} | {' | '.join('-' if c is None else f'{c:.3f}' for c in cells)} |")
+    print_sequences(result["rows"])
     print("\n| stage | wall time |\n|---|---|")
     for name, s in result["times"].items():
         print(f"| {name} | {s:.0f} s |")
@@ -225,6 +267,26 @@ def print_table(title: str, result: dict, done_when: bool = True) -> None:
         print("\n| done-when (issue 14) | measured | met |\n|---|---|---|")
         for what, value, met in checks:
             print(f"| {what} | {value} | {'yes' if met else 'no'} |")
+
+
+def print_sequences(rows: dict) -> None:
+    """Dice per video sequence of the test frames (when they form sequences) for the stage-1, as-chosen
+    and original-decoder rows, and the automatic-box row's interval over sequences."""
+    cases = {c for r in rows.values() for c in (r.get("per_case") or {})}
+    sequences = video_sequences(cases)
+    if len(sequences) < 2 or sum(map(len, sequences.values())) < len(cases) / 2:
+        return
+    shown = {n: r for n, r in rows.items() if r.get("per_case") and ("alone" in n or "box" in n)}
+    print(f"\n| Dice per test sequence | {' | '.join(f'{k} ({len(v)})' for k, v in sequences.items())} |")
+    print(f"|---|{'---|' * len(sequences)}")
+    for name, r in shown.items():
+        cells = [[r["per_case"][c] for c in cs if c in r["per_case"]] for cs in sequences.values()]
+        print(f"| {name} | {' | '.join(f'{sum(c) / len(c):.3f}' if c else '-' for c in cells)} |")
+    for name, r in shown.items():
+        if name.startswith("SAMBox auto boxes, as chosen"):
+            lo, hi = sequence_interval(r["per_case"], sequences)
+            print(f"\n{name}: 90 % interval over resampled sequences {lo:.3f}-{hi:.3f} "
+                  f"({len(sequences)} sequences are the independent samples, not the frames)")
 
 
 def done_when_checks(result: dict, stage1_name: str = "EmbeddingHeadTrainer") -> list[tuple[str, str, bool]]:
