@@ -197,6 +197,8 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
             "initial_lr": 1e-5,
             "weight_decay": 1e-3,
             **method_defaults.SAM_CHAIN,
+            # the chain's validation choice also under as many appearance views of the validation cases
+            "validation_views": views,
         },
         "prompting": {
             "theta1": 0.75,

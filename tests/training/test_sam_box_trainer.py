@@ -158,6 +158,10 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
     choice = json.loads(ckpt["final_choice"])
     assert choice["decoder"] in ("adapted", "original") and set(choice["labels"]) == {"1"}
     assert {"stage1_ensemble", "stage1_single"} <= set(choice["validation_dice"])
+    # grey input: the choice was also validated under the planner's appearance views of the validation cases
+    assert choice["validation_views"] == t.plans["sam"]["validation_views"] == 2
+    view_caches = sorted(d.name for d in t.preprocessed_folder.rglob("valview*") if d.is_dir())
+    assert len(view_caches) == 4 and sum(n.endswith("_flip") for n in view_caches) == 2, view_caches
     assert ckpt["stage1_trainer"] == "EmbeddingHeadTrainer"
     auto = json.loads((t.output_folder / "test" / "summary.json").read_text())["foreground_mean"]["Dice"]
     ref = json.loads((t.output_folder / "test_gt_box" / "summary.json").read_text())["foreground_mean"]["Dice"]

@@ -28,6 +28,9 @@ class _Chain(ValidationChoiceMixin):
     def _validation_dice(self, cases, use_stage1=False):
         return {1: self.stage1_dice if use_stage1 else float(self.sam.mask_decoder.weight.item())}
 
+    def chain_setting(self, key, default):
+        return default
+
 
 def test_original_chosen_keeps_the_adapted_weights_for_the_checkpoint():
     t = _Chain(adapted=0.6, original=0.8, stage1_dice=0.7)
@@ -192,3 +195,73 @@ def test_a_per_label_mixture_is_validated_composed_and_dropped_when_it_loses():
     assert choice["validation_dice"]["mixture"] == {1: 0.2, 2: 0.8}
     kept = _TwoLabelChain(mixture={1: 0.6, 2: 0.8}).choose_on_validation()
     assert kept["labels"] == {"1": "sam", "2": "stage1"}  # composed as validated one by one: kept
+
+
+class _ViewChain(_Chain):
+    """Validation as acquired (rendition 0) and under views 1, 2: SAM worth ``sam[i]``, stage 1
+    ``stage1[i]``; each rendition checks that SAM and stage 1 read that rendition's caches."""
+
+    _validation_dice = ValidationChoiceMixin._validation_dice
+
+    def __init__(self, sam, stage1, views=2):
+        super().__init__(adapted=0.5, original=0.5, stage1_dice=0.0)
+        self.values, self.views = {"sam": sam, "stage1": stage1}, views
+        self.cache = "plain"
+        self.stage1 = SimpleNamespace(cache="plain", flip_cache="plain_flip")
+
+    def chain_setting(self, key, default):
+        return self.views if key == "validation_views" else default
+
+    def _validation_view_caches(self, cases):
+        k = int(self.chain_setting("validation_views", 0))
+        return [(f"view{i}", f"cache{i}", f"flip{i}") for i in range(1, k + 1)]
+
+    def _rendition_dice(self, cases, use_stage1, choice, transform):
+        i = 0 if transform is None else int(transform[4:])
+        expected = ("plain", "plain", "plain_flip") if i == 0 else (f"cache{i}", f"cache{i}", f"flip{i}")
+        assert (self.cache, self.stage1.cache, self.stage1.flip_cache) == expected
+        return {1: self.values["stage1" if use_stage1 else "sam"][i]}
+
+
+def test_the_choice_under_validation_views_favours_what_holds_when_the_scanner_changes():
+    # as acquired SAM validates better; under both views stage 1 does, and by more
+    t = _ViewChain(sam=[0.8, 0.4, 0.4], stage1=[0.7, 0.6, 0.6])
+    choice = t.choose_on_validation()
+    assert choice["labels"] == {"1": "stage1"} and choice["validation_views"] == 2
+    assert choice["validation_dice"]["stage1"][1] == pytest.approx((0.7 + 0.6 + 0.6) / 3)
+    assert choice["validation_dice"]["adapted_decoder"][1] == pytest.approx((0.8 + 0.4 + 0.4) / 3)
+    # the caches are the plain ones again, and the views are gone
+    assert (t.cache, t.stage1.cache, t.stage1.flip_cache) == ("plain", "plain", "plain_flip")
+    assert t.validation_renditions == []
+    # without views (colour inputs, plans written before the key): the cases as acquired decide
+    t = _ViewChain(sam=[0.8, 0.4, 0.4], stage1=[0.7, 0.6, 0.6], views=0)
+    choice = t.choose_on_validation()
+    assert choice["labels"] == {"1": "sam"} and choice["validation_views"] == 0
+    assert choice["validation_dice"]["stage1"][1] == pytest.approx(0.7)
+
+
+def test_a_failing_rendition_restores_the_plain_caches():
+    t = _ViewChain(sam=[0.8, 0.4, 0.4], stage1=[0.7, 0.6, 0.6])
+    t.validation_renditions = t._validation_view_caches(["a"])
+
+    def boom(cases, use_stage1, choice, transform):
+        if transform is not None:
+            raise RuntimeError("view failed")
+        return {1: 0.5}
+
+    t._rendition_dice = boom
+    with pytest.raises(RuntimeError, match="view failed"):
+        t._validation_dice(["a"])
+    assert (t.cache, t.stage1.cache, t.stage1.flip_cache) == ("plain", "plain", "plain_flip")
+
+
+@pytest.mark.parametrize("stored, expected", [(None, 2), ({"planned": 2, "used": 2}, 2),
+                                              ({"planned": 2, "used": 1}, 1), ({"planned": 2, "used": 0}, 0),
+                                              ("not json", 2)])
+def test_validation_views_follow_the_training_views_a_time_budget_allowed(tmp_path, stored, expected):
+    t = _Chain(adapted=0.5, original=0.5, stage1_dice=0.5)
+    t.chain_setting = lambda key, default: 2 if key == "validation_views" else default
+    t.stage1 = SimpleNamespace(output_folder=tmp_path)
+    if stored is not None:
+        (tmp_path / "appearance_views.json").write_text(stored if isinstance(stored, str) else json.dumps(stored))
+    assert t._validation_view_count() == expected

@@ -56,7 +56,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
                          "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble",
                          "stage1_time_share", "micro_batch_size", "decoder_interpolation",
-                         *ChainStage1Mixin.STAGE1_PASSED_OPTIONS})
+                         "validation_views", *ChainStage1Mixin.STAGE1_PASSED_OPTIONS})
 
     plans_section = "sam"
     box_prompted = True  # nested labels: the deepest wins where SAM's masks overlap (label_depths)

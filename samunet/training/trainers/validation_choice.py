@@ -2,7 +2,10 @@
 pretrained one in weight space (:meth:`ValidationChoiceMixin.interpolate_decoder`); then, on the
 fold's (source) validation cases: stage 1 as the mean of
 its heads or the fold's head alone, original vs adapted mask decoder (mean Dice with automatic
-boxes), then stage 1 vs SAM per label.
+boxes), then stage 1 vs SAM per label. With ``sam.validation_views`` (grey inputs: 2), every
+Dice behind these choices is the mean over the validation cases as acquired and under that many
+appearance views of them (simulated scanner changes, encoded once), so the choice favours what holds
+when the scanner changes.
 When the original decoder is chosen, the adapted weights stay in ``self.adapted_decoder`` (and
 the checkpoint's ``adapted_decoder``), so what adaptation did can still be measured.
 
@@ -14,12 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from samunet.preprocessing.preprocessor import load_preprocessed_case
 
 logger = logging.getLogger(__name__)
+
+# added to the plan's embedding_head.view_seed: the validation views differ from any training view
+VALIDATION_VIEW_SEED = 4242
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
@@ -44,12 +52,27 @@ class ValidationChoiceMixin:
                          ) -> dict[int, float]:
         """Mean Dice per foreground label on ``cases`` (preprocessed frame), automatic prompts;
         SAM's masks, stage 1's own with ``use_stage1``, or each label's as ``choice`` (a
-        ``final_choice``) takes it."""
+        ``final_choice``) takes it. With validation views: the mean of the cases' Dice as acquired
+        and under each view (each rendition weighs the same)."""
+        per_rendition = []
+        for rendition in [None, *getattr(self, "validation_renditions", [])]:
+            with self._rendition(rendition):
+                per_rendition.append(self._rendition_dice(cases, use_stage1, choice,
+                                                          rendition[0] if rendition else None))
+        out = {}
+        for label in self.foreground_labels:
+            values = [d[label] for d in per_rendition if not np.isnan(d[label])]
+            out[label] = float(np.mean(values)) if values else float("nan")
+        return out
+
+    def _rendition_dice(self, cases, use_stage1, choice, transform) -> dict[int, float]:
         per_label: dict[int, list[float]] = {l: [] for l in self.foreground_labels}
         saved, self.final_choice = getattr(self, "final_choice", None), choice
         try:
             for case in cases:
                 data, seg, _ = load_preprocessed_case(self.data_folder, case)
+                if transform is not None:  # the view's image (a stage 1 that reads images sees it too)
+                    data = transform(data, case)
                 if use_stage1:
                     probs = self.stage1.predict_preprocessed(data, case=case)
                 else:
@@ -65,6 +88,82 @@ class ValidationChoiceMixin:
         finally:
             self.final_choice = saved
         return {l: float(np.mean(v)) if v else float("nan") for l, v in per_label.items()}
+
+    @contextmanager
+    def _rendition(self, rendition):
+        """SAM and stage 1 read the view's embeddings (``rendition``: ``(transform, cache, flip_cache)``;
+        ``None``: the cases as acquired)."""
+        if rendition is None:
+            yield
+            return
+        stage1 = getattr(self, "stage1", None)
+        saved = (self.cache, getattr(stage1, "cache", None), getattr(stage1, "flip_cache", None))
+        self.cache = rendition[1]
+        if stage1 is not None and hasattr(stage1, "cache"):
+            stage1.cache = rendition[1]
+        if stage1 is not None and saved[2] is not None:
+            stage1.flip_cache = rendition[2]
+        try:
+            yield
+        finally:
+            self.cache = saved[0]
+            if stage1 is not None and hasattr(stage1, "cache"):
+                stage1.cache = saved[1]
+            if stage1 is not None and saved[2] is not None:
+                stage1.flip_cache = saved[2]
+
+    def _validation_view_count(self) -> int:
+        """``sam.validation_views`` (option ``validation_views``), capped at the number of training views a time
+        budget left stage 1 (its ``appearance_views.json``): on a device or dataset too slow for those, the
+        validation views are not encoded either."""
+        from samunet.training import view_budget
+        from samunet.utilities.file_io import load_json
+
+        k = int(self.chain_setting("validation_views", 0))
+        folder = getattr(getattr(self, "stage1", None), "output_folder", None)
+        decision = None if folder is None else Path(folder) / view_budget.DECISION_FILE
+        if k > 0 and decision is not None and decision.is_file():
+            try:
+                stored = load_json(decision)
+                planned, used = int(stored["planned"]), int(stored["used"])
+            except (ValueError, KeyError, TypeError):
+                return k
+            if used < planned:
+                logger.info("validation views: %d instead of %d (the time budget allowed stage 1 %d of its %d "
+                            "training views)", min(k, used), k, used, planned)
+                return min(k, used)
+        return k
+
+    def _validation_view_caches(self, cases: list[str]) -> list[tuple]:
+        """``sam.validation_views`` appearance views of the validation ``cases`` (the transforms stage 1's
+        training views draw from, another seed), encoded once and cached beside the plain embeddings
+        (``valview<i>_s<seed>``; mirrored too when stage 1 flips at test time):
+        ``[(transform, cache, flip_cache)]``."""
+        from samunet.sam.appearance_views import OPS
+        from samunet.training.trainers.embedding_head_trainer import flip_transform, view_transform
+
+        k = self._validation_view_count()
+        if k <= 0:
+            return []
+        stage1 = getattr(self, "stage1", None)
+        ops = tuple(getattr(stage1, "view_ops", None) or OPS)
+        seed = int(self.plans["embedding_head"].get("view_seed", 0)) + VALIDATION_VIEW_SEED
+        tag = f"_s{seed}" + ("" if ops == OPS else "_" + "+".join(ops))
+        flip = getattr(stage1, "flip_cache", None) is not None
+        logger.info("validation choice under %d appearance view(s) of the %d validation case(s) besides the cases "
+                    "as acquired (plan sam.validation_views; encoded once, cached)", k, len(cases))
+        out = []
+        for v in range(1, k + 1):
+            transform = view_transform(v, seed, ops)
+            cache = self.make_cache(f"valview{v}{tag}", transform)
+            cache.build(cases, self.sam)
+            flip_cache = None
+            if flip:
+                flip_cache = self.make_cache(f"valview{v}{tag}_flip",
+                                             lambda data, case, t=transform: flip_transform(t(data, case), case))
+                flip_cache.build(cases, self.sam)
+            out.append((transform, cache, flip_cache))
+        return out
 
     def interpolate_decoder(self, alpha: float) -> bool:
         """The adapted decoder becomes ``alpha * trained + (1 - alpha) * pretrained`` weights (a weight-space
@@ -89,6 +188,13 @@ class ValidationChoiceMixin:
         if not cases:
             self.final_choice = None
             return {}
+        self.validation_renditions = self._validation_view_caches(cases)
+        try:
+            return self._choose(cases)
+        finally:
+            self.validation_renditions = []
+
+    def _choose(self, cases: list[str]) -> dict:
         ensemble = self._choose_stage1_ensemble(cases)  # {} without extra heads
         adapted = {k: v.detach().clone() for k, v in self.sam.mask_decoder.state_dict().items()}
         d_adapted = self._validation_dice(cases)
@@ -107,7 +213,7 @@ class ValidationChoiceMixin:
         mixture = self._validate_mixture(cases, decoder, labels, d_sam, d_stage1)
         labels = mixture.pop("labels")
         self.final_choice = {
-            "decoder": decoder, "labels": labels,
+            "decoder": decoder, "labels": labels, "validation_views": len(self.validation_renditions),
             "validation_dice": {"adapted_decoder": d_adapted, "original_decoder": d_original, "stage1": d_stage1,
                                 **ensemble, **mixture},
         }
