@@ -255,13 +255,20 @@ def test_a_failing_rendition_restores_the_plain_caches():
     assert (t.cache, t.stage1.cache, t.stage1.flip_cache) == ("plain", "plain", "plain_flip")
 
 
-@pytest.mark.parametrize("stored, expected", [(None, 2), ({"planned": 2, "used": 2}, 2),
-                                              ({"planned": 2, "used": 1}, 1), ({"planned": 2, "used": 0}, 0),
-                                              ("not json", 2)])
-def test_validation_views_follow_the_training_views_a_time_budget_allowed(tmp_path, stored, expected):
+@pytest.mark.parametrize("stored, expected", [
+    (None, 2), ({"planned": 2, "used": 2}, 2), ({"planned": 2, "used": 1}, 1), ({"planned": 2, "used": 0}, 0),
+    ("not json", 2),
+    # under a budget of 100 s (allowance 20 s): 10 % = 10 s for validation views; each costs 2 cases x 5
+    # slices x 2 (flipped too) = 20 passes: at 0.25 s per slice 5 s -> both fit, at 0.3 s 6 s -> one, at 0.6 s none
+    ({"planned": 2, "used": 2, "seconds_per_slice": 0.25, "allowance_s": 20.0}, 2),
+    ({"planned": 2, "used": 2, "seconds_per_slice": 0.3, "allowance_s": 20.0}, 1),
+    ({"planned": 2, "used": 2, "seconds_per_slice": 0.6, "allowance_s": 20.0}, 0),
+    ({"planned": 2, "used": 2, "seconds_per_slice": 0.6, "allowance_s": None}, 2)])
+def test_validation_views_follow_the_time_budget(tmp_path, stored, expected):
     t = _Chain(adapted=0.5, original=0.5, stage1_dice=0.5)
     t.chain_setting = lambda key, default: 2 if key == "validation_views" else default
-    t.stage1 = SimpleNamespace(output_folder=tmp_path)
+    t.stage1 = SimpleNamespace(output_folder=tmp_path, flip_cache="flipped")
+    t.cache = SimpleNamespace(info=lambda case: {"shape": (5, 256, 64, 64)})
     if stored is not None:
         (tmp_path / "appearance_views.json").write_text(stored if isinstance(stored, str) else json.dumps(stored))
-    assert t._validation_view_count() == expected
+    assert t._validation_view_count(["a", "b"]) == expected

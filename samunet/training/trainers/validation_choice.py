@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # added to the plan's embedding_head.view_seed: the validation views differ from any training view
 VALIDATION_VIEW_SEED = 4242
+# share of the time budget that encoding the validation views may take (it comes on top of the training)
+VALIDATION_VIEW_SHARE = 0.1
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
@@ -112,27 +114,39 @@ class ValidationChoiceMixin:
             if stage1 is not None and saved[2] is not None:
                 stage1.flip_cache = saved[2]
 
-    def _validation_view_count(self) -> int:
-        """``sam.validation_views`` (option ``validation_views``), capped at the number of training views a time
-        budget left stage 1 (its ``appearance_views.json``): on a device or dataset too slow for those, the
-        validation views are not encoded either."""
+    def _validation_view_count(self, cases: list[str]) -> int:
+        """``sam.validation_views`` (option ``validation_views``), capped by what stage 1's time budget
+        decision (its ``appearance_views.json``) says about this device: no more than the training views
+        the budget allowed, and only as many as encode within :data:`VALIDATION_VIEW_SHARE` of the
+        budget at the encoder speed measured there (each view: every validation slice, twice with
+        test-time flipping)."""
         from samunet.training import view_budget
         from samunet.utilities.file_io import load_json
 
         k = int(self.chain_setting("validation_views", 0))
-        folder = getattr(getattr(self, "stage1", None), "output_folder", None)
+        stage1 = getattr(self, "stage1", None)
+        folder = getattr(stage1, "output_folder", None)
         decision = None if folder is None else Path(folder) / view_budget.DECISION_FILE
-        if k > 0 and decision is not None and decision.is_file():
-            try:
-                stored = load_json(decision)
-                planned, used = int(stored["planned"]), int(stored["used"])
-            except (ValueError, KeyError, TypeError):
-                return k
-            if used < planned:
-                logger.info("validation views: %d instead of %d (the time budget allowed stage 1 %d of its %d "
-                            "training views)", min(k, used), k, used, planned)
-                return min(k, used)
-        return k
+        if k <= 0 or decision is None or not decision.is_file():
+            return max(k, 0)
+        try:
+            stored = load_json(decision)
+            planned, used = int(stored["planned"]), int(stored["used"])
+            per_slice, allowance = stored.get("seconds_per_slice"), stored.get("allowance_s")
+        except (ValueError, KeyError, TypeError):
+            return k
+        fit = min(k, used) if used < planned else k
+        if per_slice and allowance is not None:  # decided under a time budget
+            budget = float(allowance) / view_budget.VIEW_BUDGET_SHARE
+            slices = sum(int(self.cache.info(c)["shape"][0]) for c in cases)
+            passes = slices * (2 if getattr(stage1, "flip_cache", None) is not None else 1)
+            fit = min(fit, view_budget.views_that_fit([passes] * fit, float(per_slice),
+                                                      VALIDATION_VIEW_SHARE * budget))
+        if fit < k:
+            logger.info("validation views: %d of %d (stage 1 got %d of %d training views under the time budget; "
+                        "%.0f%% of the budget for encoding validation views)", fit, k, used, planned,
+                        100 * VALIDATION_VIEW_SHARE)
+        return fit
 
     def _validation_view_caches(self, cases: list[str]) -> list[tuple]:
         """``sam.validation_views`` appearance views of the validation ``cases`` (the transforms stage 1's
@@ -142,7 +156,7 @@ class ValidationChoiceMixin:
         from samunet.sam.appearance_views import OPS
         from samunet.training.trainers.embedding_head_trainer import flip_transform, view_transform
 
-        k = self._validation_view_count()
+        k = self._validation_view_count(cases)
         if k <= 0:
             return []
         stage1 = getattr(self, "stage1", None)
