@@ -52,6 +52,8 @@ def test_plan_3d_mr(prostate_raw):
     assert plans["sam"]["model"] == "lite_medsam"
     # one MR channel: replicated to SAM's three input channels
     assert (plans["sam"]["input_channels"], plans["sam"]["input_channel_mode"]) == ([0], "replicate")
+    # grey: appearance views for stage 1's training; the chain's validation under views stays off
+    assert (plans["embedding_head"]["num_views"], plans["sam"]["validation_views"]) == (2, 0)
     assert plans["prompting"]["theta1"] == 0.75 and plans["prompting"]["theta2"] == 0.5
     ps = plans["stage1"]["patch_size"]
     assert all(p % 32 == 0 and 64 <= p <= 512 for p in ps)
@@ -86,6 +88,7 @@ def test_plan_2d_rgb(tmp_path):
     assert plans["median_shape_after_resampling"][2] == pytest.approx(512, abs=1)
     assert plans["target_spacing"][1] == pytest.approx(900 / 512, rel=1e-3)
     assert (plans["sam"]["input_channels"], plans["sam"]["input_channel_mode"]) == ([0, 1, 2], "rgb")
+    assert (plans["embedding_head"]["num_views"], plans["sam"]["validation_views"]) == (0, 0)
 
 
 def test_plan_2d_grey_png_rescales_each_image_to_its_percentiles(tmp_path):

@@ -138,6 +138,7 @@ def chain_planned(samunet_roots):
     plans = json.loads(plans_file.read_text())
     plans["embedding_head"]["num_views"] = 0  # keeps the test fast; views are tested with the head
     plans["sam"]["oof_folds"] = 2
+    plans["sam"]["validation_views"] = 2  # off by default; the chain's choice under views is exercised here
     plans_file.write_text(json.dumps(plans))
     return 655
 
@@ -158,7 +159,7 @@ def test_default_chain_learns_with_out_of_fold_boxes_and_records_its_choice(chai
     choice = json.loads(ckpt["final_choice"])
     assert choice["decoder"] in ("adapted", "original") and set(choice["labels"]) == {"1"}
     assert {"stage1_ensemble", "stage1_single"} <= set(choice["validation_dice"])
-    # grey input: the choice was also validated under the planner's appearance views of the validation cases
+    # the choice was also validated under 2 appearance views of the validation cases (and their mirror images)
     assert choice["validation_views"] == t.plans["sam"]["validation_views"] == 2
     view_caches = sorted(d.name for d in t.preprocessed_folder.rglob("valview*") if d.is_dir())
     assert len(view_caches) == 4 and sum(n.endswith("_flip") for n in view_caches) == 2, view_caches

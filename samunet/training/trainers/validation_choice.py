@@ -2,10 +2,9 @@
 pretrained one in weight space (:meth:`ValidationChoiceMixin.interpolate_decoder`); then, on the
 fold's (source) validation cases: stage 1 as the mean of
 its heads or the fold's head alone, original vs adapted mask decoder (mean Dice with automatic
-boxes), then stage 1 vs SAM per label. With ``sam.validation_views`` (grey inputs: 2), every
-Dice behind these choices is the mean over the validation cases as acquired and under that many
-appearance views of them (simulated scanner changes, encoded once), so the choice favours what holds
-when the scanner changes.
+boxes), then stage 1 vs SAM per label. With ``sam.validation_views`` (default 0), every Dice
+behind these choices is the mean over the validation cases as acquired and under that many
+appearance views of them (simulated scanner changes, encoded once).
 When the original decoder is chosen, the adapted weights stay in ``self.adapted_decoder`` (and
 the checkpoint's ``adapted_decoder``), so what adaptation did can still be measured.
 
