@@ -45,16 +45,22 @@ def decision_key(planned: int, tags: Sequence[str]) -> dict:
     return {"planned": int(planned), "views": list(tags)}
 
 
-def stored_decision(folder: Path, key: dict) -> int | None:
-    """The number of views decided earlier for this fold and these planned views, or None."""
+def read_decision(folder: Path) -> dict | None:
+    """The fold's stored view decision (``appearance_views.json``), or None when there is none or it is
+    unreadable (a half-written or edited file: decide again)."""
     path = Path(folder) / DECISION_FILE
     if not path.is_file():
         return None
     try:
-        stored = load_json(path)
-    except ValueError:  # a half-written or edited file: decide again
+        return load_json(path)
+    except ValueError:
         return None
-    if {k: stored.get(k) for k in key} != key:
+
+
+def stored_decision(folder: Path, key: dict) -> int | None:
+    """The number of views decided earlier for this fold and these planned views, or None."""
+    stored = read_decision(folder)
+    if stored is None or {k: stored.get(k) for k in key} != key:
         return None
     return int(stored["used"])
 

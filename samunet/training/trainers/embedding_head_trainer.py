@@ -43,6 +43,11 @@ from samunet.training.trainers.sam_common import SAMTrainerMixin
 logger = logging.getLogger(__name__)
 
 
+def view_cache_tag(name: str, seed: int = 0, ops: tuple[str, ...] = OPS) -> str:
+    """The cache variant of appearance view ``name`` (e.g. ``view1``) drawn with ``seed`` from ``ops``."""
+    return name + (f"_s{seed}" if seed else "") + ("" if tuple(ops) == OPS else "_" + "+".join(ops))
+
+
 def view_transform(view: int, seed: int = 0, ops: tuple[str, ...] = OPS):
     """``transform(data (C, Z, Y, X), case) -> data``: appearance view ``view`` (1-based) of a
     case made of ``ops``, the same every time (seeded by view, case name and slice)."""
@@ -163,8 +168,7 @@ class EmbeddingHeadTrainer(SAMTrainerMixin, BaseTrainer):
         self.cache.build(needed, self.sam, part=self.rank, num_parts=self.world_size)
         seed = self.view_seed
         ops = self.view_ops
-        ops_tag = "" if ops == OPS else "_" + "+".join(ops)
-        tags = [f"view{v}" + (f"_s{seed}" if seed else "") + ops_tag for v in range(1, self.num_views + 1)]
+        tags = [view_cache_tag(f"view{v}", seed, ops) for v in range(1, self.num_views + 1)]
         views = [self.make_cache(tag, view_transform(v, seed, ops)) for v, tag in enumerate(tags, start=1)]
         self.view_caches = views[:self.views_within_budget(views, tags)]
         lo, hi = self.scale_range

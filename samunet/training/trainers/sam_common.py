@@ -142,7 +142,7 @@ class SAMTrainerMixin:
             scores[k] = softmax_label_odds(probs, k)
         channel = {label: i + 1 for i, label in enumerate(self.foreground_labels)}
         prefer_inner_labels_(scores, {channel[l]: d for l, d in self.label_depths().items() if l in channel},
-                             frozenset(softmax_labels or ()))
+                             frozenset(softmax_labels))
         return log_odds_to_probabilities_(scores)
 
     def label_depths(self) -> dict[int, int]:

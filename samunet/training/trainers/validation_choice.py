@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
@@ -120,20 +119,18 @@ class ValidationChoiceMixin:
         budget at the encoder speed measured there (each view: every validation slice, twice with
         test-time flipping)."""
         from samunet.training import view_budget
-        from samunet.utilities.file_io import load_json
 
         k = int(self.chain_setting("validation_views", 0))
         stage1 = getattr(self, "stage1", None)
         folder = getattr(stage1, "output_folder", None)
-        decision = None if folder is None else Path(folder) / view_budget.DECISION_FILE
-        if k <= 0 or decision is None or not decision.is_file():
+        stored = None if k <= 0 or folder is None else view_budget.read_decision(folder)
+        if stored is None:
             return max(k, 0)
         try:
-            stored = load_json(decision)
             planned, used = int(stored["planned"]), int(stored["used"])
-            per_slice, allowance = stored.get("seconds_per_slice"), stored.get("allowance_s")
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             return k
+        per_slice, allowance = stored.get("seconds_per_slice"), stored.get("allowance_s")
         fit = min(k, used) if used < planned else k
         if per_slice and allowance is not None:  # decided under a time budget
             budget = float(allowance) / view_budget.VIEW_BUDGET_SHARE
@@ -153,7 +150,7 @@ class ValidationChoiceMixin:
         (``valview<i>_s<seed>``; mirrored too when stage 1 flips at test time):
         ``[(transform, cache, flip_cache)]``."""
         from samunet.sam.appearance_views import OPS
-        from samunet.training.trainers.embedding_head_trainer import flip_transform, view_transform
+        from samunet.training.trainers.embedding_head_trainer import flip_transform, view_cache_tag, view_transform
 
         k = self._validation_view_count(cases)
         if k <= 0:
@@ -161,18 +158,18 @@ class ValidationChoiceMixin:
         stage1 = getattr(self, "stage1", None)
         ops = tuple(getattr(stage1, "view_ops", None) or OPS)
         seed = int(self.plans["embedding_head"].get("view_seed", 0)) + VALIDATION_VIEW_SEED
-        tag = f"_s{seed}" + ("" if ops == OPS else "_" + "+".join(ops))
         flip = getattr(stage1, "flip_cache", None) is not None
         logger.info("validation choice under %d appearance view(s) of the %d validation case(s) besides the cases "
                     "as acquired (plan sam.validation_views; encoded once, cached)", k, len(cases))
         out = []
         for v in range(1, k + 1):
             transform = view_transform(v, seed, ops)
-            cache = self.make_cache(f"valview{v}{tag}", transform)
+            tag = view_cache_tag(f"valview{v}", seed, ops)
+            cache = self.make_cache(tag, transform)
             cache.build(cases, self.sam)
             flip_cache = None
             if flip:
-                flip_cache = self.make_cache(f"valview{v}{tag}_flip",
+                flip_cache = self.make_cache(f"{tag}_flip",
                                              lambda data, case, t=transform: flip_transform(t(data, case), case))
                 flip_cache.build(cases, self.sam)
             out.append((transform, cache, flip_cache))
