@@ -27,6 +27,9 @@ MAX_INPLANE_SIZE = 512
 # cores for a resnet18 U-Net, so the default schedule trains in well under an hour.
 STAGE1_PIXEL_BUDGET = 6 * 256 * 256
 ANISOTROPY_RATIO = 1.5
+# the sam.canvas_px the planner suggests: this percentile of the cases' longest resampled in-plane side
+# (a few cases of a larger field of view are shrunk rather than making every other slice small in SAM's input)
+CANVAS_PERCENTILE = 95
 
 # plans.json keys that record what the planner saw or why it decided; no later stage reads them,
 # so editing them changes nothing (every other key is a setting some stage reads; a test checks it)
@@ -104,6 +107,24 @@ def _round_patch(size: float) -> int:
     return int(min(MAX_INPLANE_SIZE, max(64, 32 * round(size / 32))))
 
 
+def suggest_canvas(cases: dict, tf: list[int], target_inplane, natural: bool) -> tuple[int | None, str]:
+    """A value for ``sam.canvas_px`` (the slice size, in pixels at the target spacing, that SAM's input
+    side stands for) and the decision text. The plan writes none (each slice fills SAM's input, as in
+    MedSAM): measured on prostate MRI of smaller fields of view, the canvas lowered stage 1
+    (documentation/sam_stage.md). The suggestion is the 95th percentile of the cases' longest
+    resampled in-plane side; natural images (no physical spacing) get none."""
+    if natural:
+        return None, "natural images (no physical spacing): each slice is resized to fill SAM's input, as MedSAM does"
+    t = np.asarray(target_inplane, dtype=float)
+    sides = [float(max(np.asarray(c["shape_after_crop"], float)[tf][1:] * np.asarray(c["spacing"], float)[tf][1:] / t))
+             for c in cases.values()]
+    px = int(np.ceil(np.percentile(sides, CANVAS_PERCENTILE) - 1e-6))
+    return px, (f"none: each slice is resized to fill SAM's input, as MedSAM does. sam.canvas_px {px} (the "
+                f"{CANVAS_PERCENTILE}th percentile of the cases' longest resampled in-plane side) would keep a slice of a "
+                "smaller field of view at the training slices' physical scale instead; measured, it did not help "
+                "(documentation/sam_stage.md)")
+
+
 def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, plans_name: str = DEFAULT_PLANS_NAME) -> dict:
     decisions: dict[str, str] = {}
     cases = fingerprint["cases"]
@@ -135,6 +156,8 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
     sam_input, decisions["sam_input"] = choose_sam_input(
         dataset_json, normalization, all(c["io"] == "NaturalImage2DIO" for c in cases.values()), dataset_name)
 
+    _, decisions["sam_canvas"] = suggest_canvas(
+        cases, tf, target[1:], all(c["io"] == "NaturalImage2DIO" for c in cases.values()))
     views, decisions["embedding_head_views"] = method_defaults.appearance_views_for(sam_input["input_channel_mode"])
 
     patch = [_round_patch(median_shape_after[1]), _round_patch(median_shape_after[2])]
@@ -186,6 +209,7 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         "sam": {
             "model": "lite_medsam",
             **sam_input,
+            "canvas_px": None,  # each slice fills SAM's input (decisions.sam_canvas)
             "cache_dtype": "float16",
             "encoder_batch_size": method_defaults.ENCODER_BATCH_SIZE,
             "num_epochs": 50,

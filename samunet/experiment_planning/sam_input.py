@@ -64,8 +64,12 @@ def plan_sam_input(plans: dict, where: str = "plans.json") -> dict:
 
 def sam_input_cache_key(plans: dict) -> dict | None:
     """The embedding-cache key entry for the plan's SAM input: None when it encodes what the old
-    behaviour did (caches built before the keys existed stay valid), else the selection."""
+    behaviour did (caches built before the keys existed stay valid), else the selection, with the
+    canvas (``sam.canvas_px``) when the plan has one."""
     chosen = plan_sam_input(plans)
+    canvas = (plans.get("sam") or {}).get("canvas_px")
+    if canvas is not None:
+        return {**chosen, "canvas_px": canvas}
     return None if chosen == legacy_sam_input(int(plans["num_channels"])) else chosen
 
 

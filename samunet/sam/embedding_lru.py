@@ -27,7 +27,9 @@ def encoder_identity(sam) -> tuple:
     """What makes two encoders give the same embedding for the same image."""
     path = getattr(sam, "checkpoint_path", None)
     # which slice channels reach the encoder (the plan's sam.input_channels) changes the embedding
-    channels = (getattr(sam, "input_channels", None), getattr(sam, "input_channel_mode", None))
+    # and the canvas (sam.canvas_px) the scale of the slice in SAM's input
+    channels = (getattr(sam, "input_channels", None), getattr(sam, "input_channel_mode", None),
+                getattr(sam, "canvas_px", None))
     if path is None:  # stand-ins without weights files (tests): this very object
         return ("object", id(sam), *channels)
     return (getattr(sam, "name", "?"), os.path.realpath(path), getattr(sam, "encoder_backend", "torch"),

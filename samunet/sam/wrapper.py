@@ -38,11 +38,18 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 NORMALIZATIONS = ("minmax01", "sam")
 
 
-def scaled_size(hw: Sequence[int], target: int) -> tuple[int, int]:
-    """Size ``(h, w)`` after resizing ``hw`` so that its longest side is ``target``
-    (rounded like segment_anything's ``ResizeLongestSide``)."""
+def frame_scale(hw: Sequence[int], target: int, canvas_px: Optional[int] = None) -> float:
+    """Slice pixels → S-frame pixels: ``target / max(H, W)``, or with a canvas
+    ``target / max(H, W, canvas_px)`` (a slice smaller than the canvas keeps the canvas's scale and
+    does not fill the S frame)."""
+    return target / max(int(hw[0]), int(hw[1]), int(canvas_px or 0))
+
+
+def scaled_size(hw: Sequence[int], target: int, canvas_px: Optional[int] = None) -> tuple[int, int]:
+    """Size ``(h, w)`` after resizing ``hw`` so that its longest side (or ``canvas_px``, if larger)
+    is ``target`` (rounded like segment_anything's ``ResizeLongestSide``)."""
     h, w = int(hw[0]), int(hw[1])
-    scale = target / max(h, w)
+    scale = frame_scale(hw, target, canvas_px)
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
@@ -89,6 +96,9 @@ class SamWrapper(nn.Module):
         self.input_channels: Optional[tuple[int, ...]] = None
         self.input_channel_mode: Optional[str] = None
         self.encoder_batch_size = ENCODER_BATCH_SIZE  # slices per encoder call (plans.json sam.encoder_batch_size)
+        # the slice size (pixels at the plan's target spacing) that S stands for (plans.json sam.canvas_px):
+        # every slice up to it keeps one physical scale in the S frame; None: each slice fills S
+        self.canvas_px: Optional[int] = None
 
     def configure_input(self, channels: Optional[Sequence[int]], mode: Optional[str] = None) -> "SamWrapper":
         """Feed slice channels ``channels`` to the encoder: one channel with ``mode="replicate"``
@@ -106,7 +116,8 @@ class SamWrapper(nn.Module):
     def configure_from_plan(self, plans: dict, where: str = "plans.json") -> "SamWrapper":
         """What the plan's ``sam`` section says about feeding the encoder: :meth:`configure_input`
         with ``input_channels``/``input_channel_mode`` (a plan without them: the old default, 3
-        channels as RGB, else channel 0) and ``encoder_batch_size`` (default 4)."""
+        channels as RGB, else channel 0), ``encoder_batch_size`` (default 4) and ``canvas_px`` (default
+        none: each slice fills the S frame)."""
         from samunet.experiment_planning.sam_input import plan_sam_input
 
         section = plans.get("sam") or {}
@@ -114,6 +125,10 @@ class SamWrapper(nn.Module):
         if batch < 1:
             raise ValueError(f"{where}: sam.encoder_batch_size must be >= 1, got {batch}")
         self.encoder_batch_size = batch
+        canvas = section.get("canvas_px")
+        if canvas is not None and (isinstance(canvas, bool) or not isinstance(canvas, int) or canvas < 1):
+            raise ValueError(f"{where}: sam.canvas_px must be a positive whole number of pixels or null, got {canvas!r}")
+        self.canvas_px = canvas
         if "input_channels" not in section and "input_channel_mode" not in section:
             return self.configure_input(None)  # the old default, whatever the channel count
         chosen = plan_sam_input(plans, where)
@@ -179,7 +194,9 @@ class SamWrapper(nn.Module):
                convention) or three used as R, G, B. SAM's encoders were pretrained on RGB and
                only accept 3 channels. Unconfigured (plans without the key): ``C == 3`` as is,
                otherwise channel 0 replicated.
-            2. Resize so that the longest side is S (bilinear, ``antialias=True``, aspect kept).
+            2. Resize so that the longest side is S (bilinear, ``antialias=True``, aspect kept); with
+               a canvas (``canvas_px``, the plan's ``sam.canvas_px``) so that ``max(H, W, canvas_px)``
+               is S: slices of a smaller field of view keep the training slices' physical scale.
             3. Per-image intensity normalisation over all channels of the valid region:
                ``minmax01`` → [0, 1]; ``sam`` → [0, 255] then ``(x - mean) / std``.
             4. Zero-pad bottom/right to ``S × S`` (after normalisation, so padding is 0 in the
@@ -189,7 +206,7 @@ class SamWrapper(nn.Module):
             raise ValueError(f"slices must be (B, C, H, W), got shape {tuple(slices.shape)}")
         x = self.select_input_channels(slices.to(device=self.device, dtype=torch.float32))
         S = self.input_size
-        h, w = scaled_size(x.shape[-2:], S)
+        h, w = scaled_size(x.shape[-2:], S, self.canvas_px)
         if (h, w) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         lo = x.amin(dim=(1, 2, 3), keepdim=True)
@@ -246,23 +263,24 @@ class SamWrapper(nn.Module):
             return self.image_encoder(images.to(self.device))
 
     # ------------------------------------------------------------------ prompts
-    def _frame_scale(self, slice_hw: Sequence[int]) -> float:
-        return self.input_size / max(int(slice_hw[0]), int(slice_hw[1]))
+    def frame_scale(self, slice_hw: Sequence[int]) -> float:
+        """Slice pixels → S-frame pixels for a ``slice_hw`` slice (see :func:`frame_scale`)."""
+        return frame_scale(slice_hw, self.input_size, self.canvas_px)
 
     def scale_boxes(self, boxes, slice_hw: Sequence[int]) -> torch.Tensor:
         """Boxes ``(N, 4)`` ``[x0, y0, x1, y1]`` in slice pixels → float boxes in the S frame
-        (multiplied by ``S / max(H, W)``)."""
+        (multiplied by :meth:`frame_scale`, ``S / max(H, W)`` without a canvas)."""
         b = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
         if b.shape[-1] != 4:
             raise ValueError(f"boxes must be (N, 4), got {tuple(b.shape)}")
-        return b * self._frame_scale(slice_hw)
+        return b * self.frame_scale(slice_hw)
 
     def scale_points(self, points, slice_hw: Sequence[int]) -> torch.Tensor:
         """Points ``(N, P, 2)`` ``(x, y)`` in slice pixels → float points in the S frame."""
         p = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         if p.shape[-1] != 2:
             raise ValueError(f"points must be (N, P, 2), got {tuple(p.shape)}")
-        return p * self._frame_scale(slice_hw)
+        return p * self.frame_scale(slice_hw)
 
     def encode_prompts(self, boxes: Optional[torch.Tensor] = None, points: Optional[torch.Tensor] = None,
                        point_labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,5 +406,6 @@ class SamWrapper(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, input_size={self.input_size}, normalization={self.normalization!r}, "
-                f"input_channels={self.input_channels}, input_channel_mode={self.input_channel_mode!r}")
+                f"input_channels={self.input_channels}, input_channel_mode={self.input_channel_mode!r}, "
+                f"canvas_px={self.canvas_px}")
 

@@ -285,7 +285,7 @@ class ProMISeTrainer(SAMTrainerMixin, BaseTrainer):
         use_cache = (case is not None and cache is not None and fcache is not None
                      and cache.is_valid(case) and fcache.is_valid(case))
         labels = self.network["apm"].labels.tolist()
-        scale = self.sam.input_size / max(y, x)
+        scale = self.sam.frame_scale((y, x))
         batch_slices = batch_slices or self.sam.encoder_batch_size
         for start in range(0, z_count, batch_slices):
             zs = list(range(start, min(z_count, start + batch_slices)))
