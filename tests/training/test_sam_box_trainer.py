@@ -383,3 +383,45 @@ def test_sams_iou_prediction_picks_the_box_set_among_the_candidate_thresholds(sa
     used = []
     t.predict_preprocessed(data, None, prompt="auto", prompts_out=used)
     assert [u["box"] for u in used] == [[20, 20, 29, 29]] and rated[-1] == 1
+
+
+class _CountingCache:
+    def __init__(self, cache):
+        self.cache, self.loads = cache, 0
+
+    def load(self, case):
+        self.loads += 1
+        return self.cache.load(case)
+
+    def info(self, case):
+        return self.cache.info(case)
+
+
+def test_decoder_training_samples_draw_the_views_stage1_trained_on(small_planned):
+    """sam.decoder_views: a decoder training sample takes the plain embedding or one of the appearance
+    views stage 1 encoded (no more), each alike; without views the samples are those of before."""
+    from samunet.training.view_budget import DECISION_FILE, read_decision
+    from samunet.utilities.file_io import save_json
+
+    t = SAMBoxTrainer(653, "domain_A", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+                      stage1_epochs=1, stage1_iters=1, oof_folds=0)
+    t.ensure_stage1()
+    t.initialize()
+    t.make_datasets()
+    assert t.plans["sam"]["decoder_views"] is True and t.plans["embedding_head"]["num_views"] == 2  # grey data
+    decision = read_decision(t.stage1_checkpoint.parent)
+    assert decision["used"] == 2 and [c.folder.name for c in t.decoder_view_caches] == decision["views"]
+    plain = _CountingCache(t.cache)
+    views = [_CountingCache(c) for c in t.decoder_view_caches]
+    t.cache = plain
+    t._batch(t.train_prompts, 300, np.random.default_rng(0), jitter=False, views=views)
+    counts = [plain.loads] + [v.loads for v in views]
+    assert sum(counts) == 300 and all(60 < n < 140 for n in counts), counts
+    a = t._batch(t.train_prompts, 8, np.random.default_rng(1), jitter=False, views=None)
+    b = t._batch(t.train_prompts, 8, np.random.default_rng(1), jitter=False, views=[])
+    assert torch.equal(a["embeddings"], b["embeddings"]) and torch.equal(a["boxes"], b["boxes"])
+    # only the views stage 1 used; none when the plan (or --opt) turns it off
+    save_json({**decision, "used": 1}, t.stage1_checkpoint.parent / DECISION_FILE)
+    assert len(t.stage1_view_caches()) == 1
+    t.options["decoder_views"] = False
+    assert t.stage1_view_caches() == []

@@ -89,6 +89,23 @@ class ChainStage1Mixin:
         part_trainer.output_folder = self.stage1_checkpoint.parent
         return part_trainer.train_out_of_fold(k)
 
+    def stage1_view_caches(self) -> list:
+        """The appearance views of the training slices the fold's stage 1 trained on (its
+        ``appearance_views.json``), for the decoder's training samples too (``sam.decoder_views``;
+        plans without the key: none). No extra encoding: views stage 1 did not encode are not used."""
+        from samunet.training.view_budget import read_decision
+
+        if not self.chain_setting("decoder_views", False) or getattr(self, "stage1_checkpoint", None) is None:
+            return []
+        decision = read_decision(self.stage1_checkpoint.parent) or {}
+        tags = list(decision.get("views") or [])[:int(decision.get("used") or 0)]
+        caches = [self.make_cache(tag) for tag in tags]
+        caches = [c for c in caches if all(c.is_valid(case) for case in self.split["train"])]
+        if caches:
+            logger.info("decoder training samples: the plain embedding or one of stage 1's %d appearance view(s), "
+                        "drawn alike", len(caches))
+        return caches
+
     def _stage1_ready(self) -> bool:
         folder = trainer_output_folder(self.dataset_name, self.stage1_name, self.plans_name, self.fold)
         return (folder / "checkpoint_final.pth").is_file()

@@ -56,7 +56,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
     OPTIONS = frozenset({"stage1", "stage1_epochs", "stage1_iters", "train_box_source", "oof_folds",
                          "gt_box_fraction", "l2sp_weight", "validation_choice", "stage1_ensemble",
                          "stage1_time_share", "micro_batch_size", "decoder_interpolation",
-                         "validation_views", *ChainStage1Mixin.STAGE1_PASSED_OPTIONS})
+                         "validation_views", "decoder_views", *ChainStage1Mixin.STAGE1_PASSED_OPTIONS})
 
     plans_section = "sam"
     box_prompted = True  # nested labels: the deepest wins where SAM's masks overlap (label_depths)
@@ -277,6 +277,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             if self.chain_setting("stage1_ensemble", False) and hasattr(self.stage1, "ensemble_members"):
                 # validation/test boxes: the mean of the fold's head and the out-of-fold heads
                 self.stage1.ensemble_members = parts
+        self.decoder_view_caches = self.stage1_view_caches()
         self.train_prompts = self.collect_prompts(self.split["train"], source, oof)
         self.val_prompts = self.collect_prompts(self.split["val"], source)
         self.gt_prompts = self.reference_prompts(self.split["train"])
@@ -294,12 +295,18 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
         return component_target(mask, box)
 
     def _batch(self, prompts: list[tuple], n: int, rng: np.random.Generator, jitter: bool,
-               gt_prompts: list[tuple] | None = None, gt_fraction: float = 0.0) -> dict:
+               gt_prompts: list[tuple] | None = None, gt_fraction: float = 0.0, views: list | None = None) -> dict:
+        """``n`` prompts with their embeddings and targets; ``views``: appearance-view caches a sample
+        may take its embedding from instead of the plain one (each with the plain one's chance)."""
         emb, boxes, targets = [], [], []
         for _ in range(n):
             pool = gt_prompts if gt_prompts and gt_fraction > 0 and rng.random() < gt_fraction else prompts
             case, z, label, box = pool[int(rng.integers(len(pool)))]
-            emb.append(np.asarray(self.cache.load(case)[z], dtype=np.float32))
+            source = self.cache
+            if views:  # no draw without views: the same samples as before for every other plan
+                v = int(rng.integers(len(views) + 1))
+                source = views[v - 1] if v else self.cache
+            emb.append(np.asarray(source.load(case)[z], dtype=np.float32))
             target = self._target(case, z, label, box)
             if jitter:
                 from samunet.sam.prompts import jitter_box
@@ -319,7 +326,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
     def next_train_batch(self) -> dict:
         return self._batch(self.train_prompts, max(1, self.batch_size // self.world_size), self.rng, jitter=True,
                            gt_prompts=getattr(self, "gt_prompts", None),
-                           gt_fraction=float(self.chain_setting("gt_box_fraction", 0.0)))
+                           gt_fraction=float(self.chain_setting("gt_box_fraction", 0.0)),
+                           views=getattr(self, "decoder_view_caches", None))
 
     def next_val_batch(self, rng: np.random.Generator) -> dict:
         return self._batch(self.val_prompts or self.train_prompts, self.batch_size, rng, jitter=False)
