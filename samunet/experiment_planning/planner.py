@@ -153,11 +153,10 @@ def plan_experiment(dataset_json: dict, fingerprint: dict, dataset_name: str, pl
         decisions["transpose"] += (f"; anisotropic (slice spacing > {ANISOTROPY_RATIO} x in-plane): slices are "
                                    "segmented in 2D and never resampled along the slice axis")
     normalization = choose_normalization(dataset_json, fingerprint)
-    sam_input, decisions["sam_input"] = choose_sam_input(
-        dataset_json, normalization, all(c["io"] == "NaturalImage2DIO" for c in cases.values()), dataset_name)
+    natural = all(c["io"] == "NaturalImage2DIO" for c in cases.values())
+    sam_input, decisions["sam_input"] = choose_sam_input(dataset_json, normalization, natural, dataset_name)
 
-    _, decisions["sam_canvas"] = suggest_canvas(
-        cases, tf, target[1:], all(c["io"] == "NaturalImage2DIO" for c in cases.values()))
+    _, decisions["sam_canvas"] = suggest_canvas(cases, tf, target[1:], natural)
     views, decisions["embedding_head_views"] = method_defaults.appearance_views_for(sam_input["input_channel_mode"])
 
     patch = [_round_patch(median_shape_after[1]), _round_patch(median_shape_after[2])]

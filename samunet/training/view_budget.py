@@ -57,6 +57,16 @@ def read_decision(folder: Path) -> dict | None:
         return None
 
 
+def used_view_tags(folder: Path) -> list[str]:
+    """The cache tags of the views the fold's stage 1 encoded and trained on (the first ``used`` of the
+    stored decision's ``views``); none without a readable decision."""
+    stored = read_decision(folder) or {}
+    try:
+        return [str(t) for t in stored.get("views") or []][:int(stored.get("used") or 0)]
+    except (TypeError, ValueError):
+        return []
+
+
 def stored_decision(folder: Path, key: dict) -> int | None:
     """The number of views decided earlier for this fold and these planned views, or None."""
     stored = read_decision(folder)

@@ -33,3 +33,14 @@ def test_a_decision_is_reused_only_for_the_same_planned_views(tmp_path):
 def test_planner_gives_grey_inputs_views_and_colour_none():
     assert appearance_views_for("replicate")[0] == 2
     assert appearance_views_for("rgb")[0] == 0
+
+
+def test_used_view_tags_are_the_first_used_views_and_none_for_a_bad_file(tmp_path):
+    from samunet.training.view_budget import DECISION_FILE, used_view_tags
+    from samunet.utilities.file_io import save_json
+
+    assert used_view_tags(tmp_path) == []
+    save_json({"planned": 2, "views": ["view1", "view2"], "used": 1}, tmp_path / DECISION_FILE)
+    assert used_view_tags(tmp_path) == ["view1"]
+    save_json({"planned": 2, "views": ["view1", "view2"], "used": "x"}, tmp_path / DECISION_FILE)
+    assert used_view_tags(tmp_path) == []

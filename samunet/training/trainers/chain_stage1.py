@@ -93,13 +93,11 @@ class ChainStage1Mixin:
         """The appearance views of the training slices the fold's stage 1 trained on (its
         ``appearance_views.json``), for the decoder's training samples too (``sam.decoder_views``;
         plans without the key: none). No extra encoding: views stage 1 did not encode are not used."""
-        from samunet.training.view_budget import read_decision
+        from samunet.training.view_budget import used_view_tags
 
         if not self.chain_setting("decoder_views", False) or getattr(self, "stage1_checkpoint", None) is None:
             return []
-        decision = read_decision(self.stage1_checkpoint.parent) or {}
-        tags = list(decision.get("views") or [])[:int(decision.get("used") or 0)]
-        caches = [self.make_cache(tag) for tag in tags]
+        caches = [self.make_cache(tag) for tag in used_view_tags(self.stage1_checkpoint.parent)]
         caches = [c for c in caches if all(c.is_valid(case) for case in self.split["train"])]
         if caches:
             logger.info("decoder training samples: the plain embedding or one of stage 1's %d appearance view(s), "
