@@ -46,25 +46,27 @@ def decision_key(planned: int, tags: Sequence[str]) -> dict:
 
 
 def read_decision(folder: Path) -> dict | None:
-    """The fold's stored view decision (``appearance_views.json``), or None when there is none or it is
-    unreadable (a half-written or edited file: decide again)."""
+    """The fold's stored view decision (``appearance_views.json``, ``used`` as an int), or None when there
+    is none or it is unreadable or malformed (a half-written or edited file: decide again). The one
+    place that checks the file, so its readers need not."""
     path = Path(folder) / DECISION_FILE
     if not path.is_file():
         return None
     try:
-        return load_json(path)
-    except ValueError:
+        stored = load_json(path)
+        if not isinstance(stored, dict):
+            return None
+        return {**stored, "used": int(stored["used"])}
+    except (ValueError, TypeError, KeyError):
         return None
 
 
 def used_view_tags(folder: Path) -> list[str]:
     """The cache tags of the views the fold's stage 1 encoded and trained on (the first ``used`` of the
     stored decision's ``views``); none without a readable decision."""
-    stored = read_decision(folder) or {}
-    try:
-        return [str(t) for t in stored.get("views") or []][:int(stored.get("used") or 0)]
-    except (TypeError, ValueError):
-        return []
+    stored = read_decision(folder)
+    views = None if stored is None else stored.get("views")
+    return [str(t) for t in views][:stored["used"]] if isinstance(views, list) else []
 
 
 def stored_decision(folder: Path, key: dict) -> int | None:
@@ -72,7 +74,7 @@ def stored_decision(folder: Path, key: dict) -> int | None:
     stored = read_decision(folder)
     if stored is None or {k: stored.get(k) for k in key} != key:
         return None
-    return int(stored["used"])
+    return stored["used"]
 
 
 def record_decision(folder: Path, key: dict, used: int, seconds_per_slice: float | None,
