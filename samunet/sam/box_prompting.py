@@ -128,6 +128,22 @@ def candidate_box_sets(default: dict[int, np.ndarray], fg_probs: np.ndarray, lab
     return out
 
 
+def scaled_boxes(boxes: np.ndarray, factor: float, shape_hw) -> np.ndarray:
+    """``(n, 4)`` inclusive boxes ``[x0, y0, x1, y1]`` scaled by ``factor`` about their centres (each
+    side moves by ``(factor - 1) / 2`` of the box's width or height), clipped to a slice of
+    ``shape_hw`` ``(Y, X)``; floats. ``factor`` 1: the boxes unchanged."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if factor == 1:
+        return b
+    if factor <= 0:
+        raise ValueError(f"prompting.box_scale must be positive, got {factor}")
+    grow = (float(factor) - 1.0) / 2.0 * (b[:, 2:] - b[:, :2] + 1.0)  # (n, 2): x, y
+    out = np.concatenate([b[:, :2] - grow, b[:, 2:] + grow], axis=1)
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, shape_hw[1] - 1)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, shape_hw[0] - 1)
+    return out
+
+
 def pick_by_predicted_iou(candidates: list[tuple[int, np.ndarray]], iou: np.ndarray) -> list[bool]:
     """Which boxes of ``candidates`` (flattened in order, ``iou`` one SAM IoU prediction per box) to
     keep: per label, the candidate set with the highest mean predicted IoU (the first on ties)."""

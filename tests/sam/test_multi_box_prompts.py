@@ -213,3 +213,16 @@ def test_candidate_box_sets_are_jittered_with_test_time_jitter_and_theta1_counts
     assert 6 - 3 <= x0 <= 6 - 2 and 6 - 3 <= y0 <= 6 - 2 and 19 + 2 <= x1 <= 19 + 3 and 19 + 2 <= y1 <= 19 + 3
     plain = candidate_box_sets(default, p, [1], prompting)  # without rng: sets as found, compared to default
     assert [b.tolist() for _, b in plain] == [[[5, 5, 18, 18]], [[6, 6, 19, 19]], [[8, 8, 15, 15]]]
+
+
+def test_scaled_boxes_grow_about_the_centre_and_stay_in_the_slice():
+    from samunet.sam.box_prompting import scaled_boxes
+
+    boxes = np.array([[10, 20, 29, 29], [0, 0, 9, 99]])  # 20 x 10 px, and one on the slice's edge
+    np.testing.assert_array_equal(scaled_boxes(boxes, 1.0, (100, 100)), boxes)
+    out = scaled_boxes(boxes, 1.2, (100, 100))
+    np.testing.assert_allclose(out[0], [8, 19, 31, 30])  # each side by 0.1 of the width / height
+    np.testing.assert_allclose(out[1], [0, 0, 10, 99])  # clipped to the slice
+    np.testing.assert_allclose(scaled_boxes(boxes[:1], 0.5, (100, 100)), [[15, 22.5, 24, 26.5]])
+    with pytest.raises(ValueError, match="box_scale"):
+        scaled_boxes(boxes, 0, (100, 100))

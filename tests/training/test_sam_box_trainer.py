@@ -257,9 +257,21 @@ def test_presence_prior_on_images_and_volumes_and_in_the_checkpoint(samunet_root
     faint[0] = 1 - faint[1]
     t.stage1.predict_preprocessed = lambda d, **kw: np.repeat(faint, d.shape[1], axis=1)
     t.final_choice = None
+    assert t.prompting["box_scale"] == 1.1  # the planner's default: automatic boxes grown by 5 % per side
+    used = []
+    t.predict_preprocessed(data, case, prompt="auto", prompts_out=used)
+    assert [u["box"] for u in used] == [[19, 20, 34, 30]]  # 14 x 10 px: 0.7 / 0.5 px more per side
+    t.plans["prompting"]["box_scale"] = 1.0  # the region's own box, as stage 1 gives it
     used = []
     t.predict_preprocessed(data, case, prompt="auto", prompts_out=used)
     assert [u["box"] for u in used] == [[20, 20, 33, 29]]
+    used = []  # reference boxes are never scaled
+    t.plans["prompting"]["box_scale"] = 2.0
+    ref = np.zeros((1, *data.shape[1:]), dtype=np.int16)
+    ref[0, 0, 20:30, 20:34] = 1
+    t.predict_preprocessed(data, case, reference_seg=ref, prompt="gt_box", prompts_out=used)
+    assert [u["box"] for u in used] == [[20, 20, 33, 29]]
+    t.plans["prompting"]["box_scale"] = 1.0
     # a volume: the region spans its slices, each gets its box; once stage 1 finds the label on a
     # slice, only the threshold rule speaks
     used = []

@@ -37,7 +37,7 @@ import torch
 
 from samunet.sam.box_prompting import (PROMPT_MODES, candidate_box_sets, case_box_sets, component_target,
                                        labels_in_every_case, mask_to_low_res, multi_box_settings,
-                                       pick_by_predicted_iou, slice_box_sets, slice_boxes)
+                                       pick_by_predicted_iou, scaled_boxes, slice_box_sets, slice_boxes)
 from samunet.training import distributed as dist_utils
 from samunet.training.trainer_base import BaseTrainer
 from samunet.training.losses import DiceBCEWithLogits, confusion_counts, mark_ignored  # noqa: F401  (DiceBCEWithLogits: importable from here, as before)
@@ -426,6 +426,8 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                 else list(boxes.items())
             emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
             flat = np.concatenate([bs for _, bs in pairs])
+            if prompt == "auto" and user_boxes is None:  # prompting.box_scale: automatic boxes a little larger than stage 1's extents
+                flat = scaled_boxes(flat, float(self.prompting.get("box_scale", 1.0)), (y, x))
             b = self.sam.scale_boxes(torch.as_tensor(flat, dtype=torch.float32), (y, x))
             sparse, dense = self.sam.encode_prompts(boxes=b.to(self.device))
             logits, iou = self.sam.decode(emb.to(self.device), sparse, dense, None)
@@ -433,7 +435,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
             box_labels = [l for l, bs in pairs for _ in bs]
             owners = [l for l, k in zip(box_labels, keep) if k]
             if prompts_out is not None:
-                prompts_out.extend({"z": z, "label": int(l), "box": [int(v) for v in b]}
+                prompts_out.extend({"z": z, "label": int(l), "box": [int(round(float(v))) for v in b]}
                                    for l, b in zip(owners, flat[keep]))
             p = torch.sigmoid(self.sam.postprocess_logits(logits[torch.as_tensor(keep)], scaled_hw, (y, x)))
             p = p[:, 0].cpu().numpy()
