@@ -426,7 +426,7 @@ class SAMBoxTrainer(ChainStage1Mixin, ValidationChoiceMixin, SAMTrainerMixin, Ba
                 else list(boxes.items())
             emb, scaled_hw = self.slice_embedding(data, z, case if use_cache else None)
             flat = np.concatenate([bs for _, bs in pairs])
-            if prompt == "auto" and user_boxes is None:  # prompting.box_scale: automatic boxes a little larger than stage 1's extents
+            if prompt == "auto" and user_boxes is None:  # prompting.box_scale: a little beyond stage 1's extents
                 flat = scaled_boxes(flat, float(self.prompting.get("box_scale", 1.0)), (y, x))
             b = self.sam.scale_boxes(torch.as_tensor(flat, dtype=torch.float32), (y, x))
             sparse, dense = self.sam.encode_prompts(boxes=b.to(self.device))
