@@ -379,6 +379,7 @@ def test_sams_iou_prediction_picks_the_box_set_among_the_candidate_thresholds(sa
     probs[0] = 1 - probs[1]
     t.stage1.predict_preprocessed = lambda d, **kw: probs
     t.final_choice = None
+    t.plans["prompting"]["box_scale"] = 1.0  # the sets' own boxes (the scale has its own test)
     decode, rated = t.sam.decode, []
 
     def rated_decode(*args, **kw):  # SAM's masks, with IoU predictions set by the test
